@@ -1,0 +1,125 @@
+//! What this machine offers the service: GPUs (through the kernels crate, which probes for a CUDA
+//! driver before touching it), the huge-page pool, and which engines can run here.
+
+use std::path::Path;
+
+use hyperllama_proto::v1 as pb;
+
+/// GPUs found, or why none could be probed.
+pub fn gpus() -> (Vec<pb::GpuInfo>, String) {
+    match hyperllama_kernels::gpus() {
+        Ok(gpus) => (
+            gpus.into_iter()
+                .map(|g| pb::GpuInfo {
+                    index: g.index,
+                    name: g.name,
+                    total_bytes: g.total_bytes,
+                    free_bytes: g.free_bytes,
+                    compute_capability: format!("{}.{}", g.compute_capability.0, g.compute_capability.1),
+                    pci_bus_id: g.pci_bus_id,
+                    numa_node: g.numa_node.unwrap_or(-1),
+                })
+                .collect(),
+            String::new(),
+        ),
+        Err(error) => (Vec::new(), error.to_string()),
+    }
+}
+
+/// The default huge-page pool and the transparent huge page mode.
+pub fn huge_pages() -> pb::HugePages {
+    huge_pages_from(Path::new("/proc/meminfo"), Path::new("/sys/kernel/mm/transparent_hugepage/enabled"))
+}
+
+fn huge_pages_from(meminfo: &Path, thp: &Path) -> pb::HugePages {
+    let text = std::fs::read_to_string(meminfo).unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let transparent_mode = std::fs::read_to_string(thp)
+        .ok()
+        .and_then(|t| {
+            let start = t.find('[')?;
+            let end = t[start..].find(']')?;
+            Some(t[start + 1..start + end].to_string())
+        })
+        .unwrap_or_default();
+    pb::HugePages {
+        page_size_bytes: field("Hugepagesize") * 1024,
+        total_pages: field("HugePages_Total"),
+        free_pages: field("HugePages_Free"),
+        reserved_pages: field("HugePages_Rsvd"),
+        transparent_mode,
+    }
+}
+
+/// The engines and whether each can serve on this machine.
+pub fn engines(gpu_probe_error: &str, gpu_count: usize) -> Vec<pb::EngineInfo> {
+    let on_path = |program: &str| {
+        std::env::var_os("PATH")
+            .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(program)).find(|p| p.is_file()))
+    };
+    let supervised = |name: &str, program: &str, package: &str| pb::EngineInfo {
+        name: name.into(),
+        available: false,
+        detail: match on_path(program) {
+            Some(path) => format!("{} found, but this version cannot supervise it yet", path.display()),
+            None => format!("`{program}` not found on PATH (install the `{package}` Python package)"),
+        },
+    };
+    vec![
+        pb::EngineInfo {
+            name: "llama.cpp".into(),
+            available: true,
+            detail: "CPU, built in (llama-cpp-2)".into(),
+        },
+        pb::EngineInfo {
+            name: "native".into(),
+            available: false,
+            detail: if !gpu_probe_error.is_empty() {
+                gpu_probe_error.to_string()
+            } else if gpu_count == 0 {
+                "no GPU found".into()
+            } else {
+                format!("{gpu_count} GPU(s) found; the native CUDA engine is not in this version yet")
+            },
+        },
+        supervised("vllm", "vllm", "vllm"),
+        supervised("max", "max", "max[serve]"),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_meminfo_and_thp_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let meminfo = dir.path().join("meminfo");
+        std::fs::write(
+            &meminfo,
+            "MemTotal: 100 kB\nHugePages_Total:      16\nHugePages_Free:       12\n\
+             HugePages_Rsvd:        2\nHugepagesize:       2048 kB\n",
+        )
+        .unwrap();
+        let thp = dir.path().join("enabled");
+        std::fs::write(&thp, "always [madvise] never\n").unwrap();
+        let pages = huge_pages_from(&meminfo, &thp);
+        assert_eq!(pages.page_size_bytes, 2 * 1024 * 1024);
+        assert_eq!((pages.total_pages, pages.free_pages, pages.reserved_pages), (16, 12, 2));
+        assert_eq!(pages.transparent_mode, "madvise");
+    }
+
+    #[test]
+    fn engines_say_why_they_are_unavailable() {
+        let engines = engines("no CUDA driver found", 0);
+        let native = engines.iter().find(|e| e.name == "native").unwrap();
+        assert!(!native.available);
+        assert_eq!(native.detail, "no CUDA driver found");
+        assert!(engines.iter().any(|e| e.name == "llama.cpp" && e.available));
+    }
+}

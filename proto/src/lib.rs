@@ -1,0 +1,10 @@
+//! The hyperllama.v1 gRPC contract, generated from `proto/hyperllama/v1/*.proto`.
+//!
+//! `control`: what `hyperctl` speaks to `hyperllamad` over `/run/hyperllama/control.sock`.
+//! The protos are a contract: fields are added, never renumbered.
+
+/// Package `hyperllama.v1`.
+pub mod v1 {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("hyperllama.v1");
+}

@@ -1,0 +1,311 @@
+//! Test harness for the end-to-end tests: starts the real `hyperllamad` in user mode on temporary
+//! directories, runs the real `hyperctl` against it (as root or as throwaway users made with
+//! `useradd`), and cleans everything up. Tests that need root say they were skipped otherwise.
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Name of the service account tests run the daemon as when they run as root.
+pub const SERVICE_USER: &str = "hyperllama-test";
+
+/// The release binaries next to the test executable (`target/release/deps/<test>` → `target/release`).
+pub fn built_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(path.is_file(), "{} not built; run `cargo build --release` first", path.display());
+    path
+}
+
+/// Whether the tests run as root (and so may create users).
+pub fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+/// Prints a skip notice that the test output shows.
+pub fn skip(test: &str, reason: &str) {
+    eprintln!("SKIPPED: {test}: {reason}");
+}
+
+fn run_quiet(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Makes sure the service account for tests exists (root only).
+pub fn ensure_service_user() {
+    if is_root() && nix::unistd::User::from_name(SERVICE_USER).ok().flatten().is_none() {
+        let made = run_quiet(
+            "useradd",
+            &["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVICE_USER],
+        );
+        assert!(
+            made || nix::unistd::User::from_name(SERVICE_USER).ok().flatten().is_some(),
+            "useradd {SERVICE_USER} failed"
+        );
+    }
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}{}x{}", std::process::id() % 100_000, COUNTER.fetch_add(1, Ordering::SeqCst))
+}
+
+/// A throwaway group, deleted on drop.
+#[derive(Debug)]
+pub struct TestGroup {
+    /// Group name.
+    pub name: String,
+}
+
+impl TestGroup {
+    /// Creates a group (root only).
+    pub fn create() -> TestGroup {
+        let name = unique("hltg");
+        assert!(run_quiet("groupadd", &[&name]), "groupadd {name} failed");
+        TestGroup { name }
+    }
+}
+
+impl Drop for TestGroup {
+    fn drop(&mut self) {
+        run_quiet("groupdel", &[&self.name]);
+    }
+}
+
+/// A throwaway login, deleted on drop.
+#[derive(Debug)]
+pub struct TestUser {
+    /// Login name.
+    pub name: String,
+    /// Its uid.
+    pub uid: u32,
+    /// Its primary gid.
+    pub gid: u32,
+}
+
+impl TestUser {
+    /// Creates a user (root only), optionally in supplementary `groups`.
+    pub fn create(groups: &[&str]) -> TestUser {
+        let name = unique("hltu");
+        let mut args = vec!["--no-create-home", "--shell", "/usr/sbin/nologin"];
+        let joined = groups.join(",");
+        if !groups.is_empty() {
+            args.extend(["--groups", joined.as_str()]);
+        }
+        args.push(&name);
+        assert!(run_quiet("useradd", &args), "useradd {name} failed");
+        let user = nix::unistd::User::from_name(&name).unwrap().unwrap();
+        TestUser { name, uid: user.uid.as_raw(), gid: user.gid.as_raw() }
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        run_quiet("userdel", &[&self.name]);
+    }
+}
+
+/// Options for [`Daemon::start`].
+#[derive(Debug, Default, Clone)]
+pub struct DaemonOptions {
+    /// Extra hyperllamad flags.
+    pub args: Vec<String>,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+    /// Admin group (default: one that does not exist, so only root administers).
+    pub admin_group: Option<String>,
+}
+
+/// A running hyperllamad on temporary directories.
+#[derive(Debug)]
+pub struct Daemon {
+    child: Option<Child>,
+    /// Root of the temporary directories (world-searchable so other users reach the socket).
+    pub dir: tempfile::TempDir,
+    /// The control socket.
+    pub socket: PathBuf,
+    /// `hyperctl` copied where every test user can execute it.
+    pub hyperctl: PathBuf,
+    /// `hyperllamad` copied likewise.
+    pub hyperllamad: PathBuf,
+    log: PathBuf,
+}
+
+/// A fresh world-searchable temporary directory holding copies of the binaries.
+pub fn test_dir() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::Builder::new().prefix("hyperllama-e2e-").tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut copies = ["hyperctl", "hyperllamad"].into_iter().map(|name| {
+        let target = bin.join(name);
+        std::fs::copy(built_binary(name), &target).unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755)).unwrap();
+        target
+    });
+    let hyperctl = copies.next().unwrap();
+    let hyperllamad = copies.next().unwrap();
+    std::fs::write(dir.path().join("hyperllama.toml"), "").unwrap();
+    (dir, hyperctl, hyperllamad)
+}
+
+impl Daemon {
+    /// The base command line for a user-mode daemon under `dir`.
+    pub fn command(dir: &Path, hyperllamad: &Path, options: &DaemonOptions) -> Command {
+        ensure_service_user();
+        let mut command = Command::new(hyperllamad);
+        command
+            .args(["--mode", "user", "--log-format", "text", "--log-level", "info,hyperllamad=debug"])
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--cache-dir")
+            .arg(dir.join("cache"))
+            .arg("--runtime-dir")
+            .arg(dir.join("run"))
+            .arg("--config")
+            .arg(dir.join("hyperllama.toml"))
+            .args(["--user", SERVICE_USER])
+            .args([
+                "--admin-group",
+                options.admin_group.as_deref().unwrap_or("hyperllama-test-no-such-group"),
+            ])
+            .args(&options.args)
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env_remove("JOURNAL_STREAM")
+            .envs(options.env.iter().cloned());
+        command
+    }
+
+    /// Starts a daemon and waits until its control socket answers.
+    pub fn start(options: DaemonOptions) -> Daemon {
+        let (dir, hyperctl, hyperllamad) = test_dir();
+        let log = dir.path().join("daemon.log");
+        let mut command = Self::command(dir.path(), &hyperllamad, &options);
+        let child = spawn_logged(&mut command, &log);
+        let socket = dir.path().join("run/control.sock");
+        let daemon = Daemon { child: Some(child), dir, socket, hyperctl, hyperllamad, log };
+        daemon.wait_ready();
+        daemon
+    }
+
+    /// Adopts an already spawned daemon serving on `socket`.
+    pub fn adopt(child: Child, dir: tempfile::TempDir, socket: PathBuf, log: PathBuf) -> Daemon {
+        let bin = dir.path().join("bin");
+        let daemon = Daemon {
+            child: Some(child),
+            hyperctl: bin.join("hyperctl"),
+            hyperllamad: bin.join("hyperllamad"),
+            dir,
+            socket,
+            log,
+        };
+        daemon.wait_ready();
+        daemon
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if self.ctl(&["status"]).status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("hyperllamad did not become ready; log:\n{}", self.log());
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// Runs `hyperctl ARGS` as the test process's user.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        self.ctl_command(args).output().unwrap()
+    }
+
+    /// `hyperctl ARGS` as a command, for callers that need to adjust it.
+    pub fn ctl_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.hyperctl);
+        command.arg("--host").arg(&self.socket).args(args).env_remove("HYPERLLAMA_HOST").stdin(Stdio::null());
+        command
+    }
+
+    /// Runs `hyperctl ARGS` as `user`.
+    pub fn ctl_as(&self, user: &TestUser, args: &[&str]) -> Output {
+        let mut command = self.ctl_command(args);
+        command.uid(user.uid).gid(user.gid).env("HOME", "/");
+        // std drops root's supplementary groups when it switches uid; the daemon looks group
+        // membership up in the group database, as it does for real logins.
+        command.output().unwrap()
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid()).unwrap());
+        nix::sys::signal::kill(pid, signal).unwrap();
+    }
+
+    /// Waits for the daemon to exit (up to `timeout`).
+    pub fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut text);
+        }
+        text
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Spawns `command` with stdout and stderr appended to `log`.
+pub fn spawn_logged(command: &mut Command, log: &Path) -> Child {
+    let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    command.stdout(file.try_clone().unwrap()).stderr(file).stdin(Stdio::null());
+    command.spawn().expect("spawn hyperllamad")
+}
+
+/// stdout and stderr of an output, for assertion messages.
+pub fn text(output: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
