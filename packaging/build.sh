@@ -121,7 +121,7 @@ fi
 # --- 6. packages ---------------------------------------------------------------------------------------
 rm -f "$OUT"/hyperllama_*.deb "$OUT"/hyperllama-*.rpm
 log "cargo deb"
-(cd "$WORK" && CARGO_TARGET_DIR="$TARGET_DIR" cargo deb -p hyperllamad --no-build --quiet -o "$OUT/")
+(cd "$WORK" && CARGO_TARGET_DIR="$TARGET_DIR" cargo deb -p hyperllamad --no-build --strip --quiet -o "$OUT/")
 log "cargo generate-rpm (hyperllama)"
 (cd "$WORK" && CARGO_TARGET_DIR="$TARGET_DIR" cargo generate-rpm -p daemon --auto-req builtin \
 	--metadata-overwrite "$WORK/packaging/rpm/hyperllama.toml" -o "$OUT/")

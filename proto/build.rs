@@ -2,7 +2,7 @@
 //! so building needs no system protoc.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["hyperllama/v1/control.proto"];
+    let protos = ["hyperllama/v1/control.proto", "hyperllama/v1/runner.proto"];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

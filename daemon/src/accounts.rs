@@ -111,6 +111,22 @@ pub async fn usage(db: &SqlitePool, only: Option<u32>) -> Result<Vec<pb::UserUsa
         .collect())
 }
 
+/// Adds one request's tokens to `uid`'s usage.
+pub async fn record_usage(db: &SqlitePool, uid: u32, prompt_tokens: u32, completion_tokens: u32) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO usage (uid, requests, prompt_tokens, completion_tokens, last_seen_at) VALUES (?1, 1, ?2, ?3, ?4)
+         ON CONFLICT(uid) DO UPDATE SET requests = requests + 1, prompt_tokens = prompt_tokens + ?2,
+           completion_tokens = completion_tokens + ?3, last_seen_at = ?4",
+    )
+    .bind(i64::from(uid))
+    .bind(i64::from(prompt_tokens))
+    .bind(i64::from(completion_tokens))
+    .bind(now())
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
 fn random_hex(bytes: usize) -> Result<String> {
     let mut buf = vec![0u8; bytes];
     std::fs::File::open("/dev/urandom")
@@ -221,6 +237,17 @@ mod tests {
         assert_eq!(q.max_queued_requests, defaults.max_queued_requests);
         set_quota(&db, 1234, &pb::SetQuotaRequest { reset: true, ..Default::default() }).await.unwrap();
         assert!(quota(&db, &defaults, 1234).await.unwrap().is_default);
+    }
+
+    #[tokio::test]
+    async fn usage_accumulates_per_user() {
+        let (_d, db) = db().await;
+        record_usage(&db, 5, 10, 3).await.unwrap();
+        record_usage(&db, 5, 1, 1).await.unwrap();
+        record_usage(&db, 6, 2, 0).await.unwrap();
+        let mine = usage(&db, Some(5)).await.unwrap();
+        assert_eq!((mine[0].requests, mine[0].prompt_tokens, mine[0].completion_tokens), (2, 11, 4));
+        assert_eq!(usage(&db, None).await.unwrap().len(), 2);
     }
 
     #[tokio::test]

@@ -54,6 +54,17 @@ pub struct Cli {
     /// Print the effective configuration and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// Internal subcommands (started by the daemon itself).
+    #[command(subcommand)]
+    pub command: Option<Internal>,
+}
+
+/// Subcommands the daemon uses for its own children.
+#[derive(Debug, clap::Subcommand)]
+pub enum Internal {
+    /// Serve one model over the runner protocol (started by hyperllamad, not by people).
+    #[command(hide = true)]
+    Runner(crate::runner::service::RunnerArgs),
 }
 
 impl Cli {

@@ -26,6 +26,12 @@ pub struct Config {
     pub control: ControlConfig,
     /// Per-user limits applied when no override was set with `hyperctl quota`.
     pub quota: QuotaConfig,
+    /// Model runners: how models are loaded and kept.
+    pub runners: RunnersConfig,
+    /// The OpenAI- and Ollama-compatible HTTP endpoints.
+    pub http: HttpConfig,
+    /// The shared model store: limits, who may pull, registries.
+    pub store: crate::store::StoreConfig,
 }
 
 /// How the daemon was started: as the machine's service, or by a user for development and tests.
@@ -135,12 +141,148 @@ pub struct QuotaConfig {
     pub max_queued_requests: u32,
     /// Generated plus prompt tokens per minute per user; 0 means unlimited.
     pub tokens_per_minute: u64,
+    /// Requests waiting across all users and models; beyond that everyone gets 503.
+    pub service_max_queued: u32,
 }
 
 impl Default for QuotaConfig {
     fn default() -> Self {
-        Self { max_concurrent_requests: 4, max_queued_requests: 64, tokens_per_minute: 0 }
+        Self { max_concurrent_requests: 4, max_queued_requests: 64, tokens_per_minute: 0, service_max_queued: 1024 }
     }
+}
+
+/// `[runners]`: residency and runner processes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunnersConfig {
+    /// Sequences one model decodes together (continuous batching); more requests wait in the
+    /// fair queue.
+    pub parallel: u32,
+    /// Context length per sequence unless a request asks for another (`num_ctx`).
+    pub context_length: u32,
+    /// CPU threads per runner; 0 = one per CPU the runner may use.
+    pub threads: u32,
+    /// CPUs runners are pinned to on machines without GPUs, e.g. "0-15"; "" = no pinning.
+    pub cpus: String,
+    /// How long a runner may take to load its model.
+    #[serde(with = "duration_text")]
+    pub start_timeout: Duration,
+    /// How long an idle model stays loaded (requests and Modelfiles may say otherwise).
+    #[serde(with = "duration_text")]
+    pub keep_alive: Duration,
+    /// Models loaded at once; the least recently used idle one is evicted for a new one.
+    pub max_loaded_models: u32,
+    /// Memory models may use on the CPU, e.g. "16GiB"; "auto" = 90% of RAM.
+    pub memory_budget: String,
+}
+
+impl Default for RunnersConfig {
+    fn default() -> Self {
+        Self {
+            parallel: 4,
+            context_length: 4096,
+            threads: 0,
+            cpus: String::new(),
+            start_timeout: Duration::from_secs(120),
+            keep_alive: Duration::from_secs(300),
+            max_loaded_models: 3,
+            memory_budget: "auto".into(),
+        }
+    }
+}
+
+impl RunnersConfig {
+    /// `memory_budget` in bytes; 0 means automatic.
+    pub fn memory_budget_bytes(&self) -> Result<u64, ConfigError> {
+        parse_bytes(&self.memory_budget)
+            .ok_or_else(|| invalid("runners.memory_budget", "must be \"auto\" or a size such as \"16GiB\" or \"512MB\""))
+    }
+}
+
+/// `[http]`: the OpenAI- and Ollama-compatible endpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// TCP addresses to listen on; a non-loopback address makes bearer tokens mandatory on it.
+    pub listen: Vec<String>,
+    /// Host header names accepted on TCP listeners (DNS rebinding defence); `*.suffix` matches
+    /// subdomains. The listeners' own IP addresses are always accepted.
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins allowed to call the API (`scheme://host`, `scheme://host:*` for any port,
+    /// or `*`); requests from any other origin get 403.
+    pub cors_origins: Vec<String>,
+    /// Largest request body accepted (blob uploads excepted), e.g. "32MiB".
+    pub max_body: String,
+    /// Label metrics with the user too (reveals who uses the service to anyone who reads /metrics).
+    pub per_user_metrics: bool,
+    /// Where `hyperctl endpoint` makes per-user sockets. Default: `<runtime_dir>/users`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_socket_dir: Option<PathBuf>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        let origins = ["localhost", "127.0.0.1", "[::1]"]
+            .iter()
+            .flat_map(|h| [format!("http://{h}:*"), format!("https://{h}:*")])
+            .collect();
+        Self {
+            listen: vec!["127.0.0.1:11434".into(), "[::1]:11434".into()],
+            allowed_hosts: ["localhost", "*.localhost", "127.0.0.1", "::1"].map(String::from).to_vec(),
+            cors_origins: origins,
+            max_body: "32MiB".into(),
+            per_user_metrics: false,
+            user_socket_dir: None,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// `max_body` in bytes.
+    pub fn max_body_bytes(&self) -> Result<usize, ConfigError> {
+        parse_bytes(&self.max_body)
+            .filter(|b| *b > 0)
+            .and_then(|b| usize::try_from(b).ok())
+            .ok_or_else(|| invalid("http.max_body", "must be a size such as \"32MiB\""))
+    }
+
+    /// `listen` parsed.
+    pub fn listen_addrs(&self) -> Result<Vec<std::net::SocketAddr>, ConfigError> {
+        self.listen
+            .iter()
+            .map(|a| {
+                a.parse().map_err(|_| {
+                    invalid("http.listen", &format!("`{a}` is not an address such as \"127.0.0.1:11434\" or \"[::1]:11434\""))
+                })
+            })
+            .collect()
+    }
+}
+
+/// Parses "auto" (0), "123", "512MB", "16GiB", "1.5G".
+pub fn parse_bytes(text: &str) -> Option<u64> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("auto") {
+        return Some(0);
+    }
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let bytes = number * scale;
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    (bytes.is_finite() && bytes >= 0.0 && bytes < 1.8e19).then_some(bytes as u64)
 }
 
 /// Errors found while reading configuration.
@@ -195,6 +337,15 @@ impl Config {
     /// Checks values that parse but cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.socket_mode()?;
+        self.runners.memory_budget_bytes()?;
+        self.http.max_body_bytes()?;
+        self.store
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid { what: format!("configuration key `{key}`"), message })?;
+        self.http.listen_addrs()?;
+        if self.runners.parallel == 0 || self.runners.context_length < 64 {
+            return Err(invalid("runners", "parallel must be at least 1 and context_length at least 64"));
+        }
         if self.daemon.user.is_empty() {
             return Err(invalid("daemon.user", "must name an account"));
         }
@@ -225,6 +376,11 @@ impl Config {
         Dirs { state, cache, runtime, control_socket }
     }
 
+    /// Where per-user HTTP sockets are made.
+    pub fn user_socket_dir(&self) -> PathBuf {
+        self.http.user_socket_dir.clone().unwrap_or_else(|| self.dirs().runtime.join("users"))
+    }
+
     /// The effective configuration as TOML, directories resolved (for `--print-config`).
     pub fn to_effective_toml(&self) -> String {
         let mut resolved = self.clone();
@@ -233,6 +389,7 @@ impl Config {
         resolved.daemon.cache_dir = Some(dirs.cache);
         resolved.daemon.runtime_dir = Some(dirs.runtime);
         resolved.control.socket = Some(dirs.control_socket);
+        resolved.http.user_socket_dir = Some(self.user_socket_dir());
         toml::to_string_pretty(&resolved).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }
@@ -399,6 +556,7 @@ mod tests {
         all.daemon.cache_dir = Some("/x".into());
         all.daemon.runtime_dir = Some("/x".into());
         all.control.socket = Some("/x".into());
+        all.http.user_socket_dir = Some("/x".into());
         let table: toml::Table = toml::to_string(&all).unwrap().parse().unwrap();
         for key in leaf_keys(&table).keys() {
             let leaf = key.rsplit('.').next().unwrap();
@@ -453,6 +611,14 @@ mod tests {
         assert!(Config::load(&main, true).unwrap_err().to_string().contains("socket_mode"));
         let main = write(dir.path(), "b.toml", "[daemon]\ndrain_timeout = \"soon\"\n");
         assert!(Config::load(&main, true).unwrap_err().to_string().contains("drain_timeout"));
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_bytes("auto"), Some(0));
+        assert_eq!(parse_bytes("512MB"), Some(512_000_000));
+        assert_eq!(parse_bytes("16GiB"), Some(16 << 30));
+        assert_eq!(parse_bytes("lots"), None);
     }
 
     #[test]

@@ -13,10 +13,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::Cli;
 use crate::config::{Config, Dirs};
+use crate::admission::GlobalQueue;
 use crate::control;
 use crate::error::{Error, Result};
 use crate::lifecycle::DrainOutcome;
 use crate::privileges::{self, ServiceAccount};
+use crate::residency::Residency;
 use crate::state::{Shared, SharedParts};
 use crate::systemd::{self, Notifier};
 
@@ -35,6 +37,8 @@ pub struct Prepared {
     pub account: ServiceAccount,
     /// Capabilities kept.
     pub capabilities: Vec<String>,
+    /// The HTTP API's listeners, bound or adopted.
+    pub http: crate::api::listen::Listeners,
 }
 
 fn make_dir(path: &Path, mode: u32, account: &ServiceAccount) -> Result<()> {
@@ -59,12 +63,9 @@ pub fn prepare(config: Config, config_file: std::path::PathBuf) -> Result<Prepar
     make_dir(&cache, 0o750, &account)?;
     make_dir(&runtime, 0o755, &account)?;
     let activated = systemd::take_activated_sockets().map_err(Error::io("read socket-activation fds"))?;
-    if !activated.http.is_empty() {
-        tracing::info!(
-            count = activated.http.len(),
-            "HTTP sockets received; the HTTP API is not in this version"
-        );
-    }
+    let http_addrs = config.http.listen_addrs().map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    let http = crate::api::listen::bind(&http_addrs, activated.http)?;
+    make_dir(&config.user_socket_dir(), 0o755, &account)?;
     let (control, control_activated) = match activated.control {
         Some(fd) => (control::adopt_listener(fd), true),
         None => {
@@ -81,22 +82,43 @@ pub fn prepare(config: Config, config_file: std::path::PathBuf) -> Result<Prepar
     };
     let capabilities = privileges::drop_privileges(&account).map_err(|e| Error::Internal(e.to_string()))?;
     tracing::info!(user = %account.name, uid = account.uid.as_raw(), capabilities = ?capabilities, "running as service account");
-    Ok(Prepared { config, config_file, control, control_activated, account, capabilities })
+    Ok(Prepared { config, config_file, control, control_activated, account, capabilities, http })
 }
 
 /// The async part: serves until SIGTERM/SIGINT and a drain. Returns once everything stopped.
 pub async fn run(prepared: Prepared, cli: Arc<Cli>) -> Result<()> {
     let notifier = Notifier;
     let db = crate::db::open(&prepared.config.dirs().state).await?;
+    // The store is reconciled with its files before the daemon says it is ready.
+    let store = crate::store::Store::open(&prepared.config.dirs().state, db.clone(), &prepared.config.store).await?;
     let dirs = prepared.config.dirs();
+    let residency = Residency::new(
+        prepared.config.runners.clone(),
+        dirs.runtime.join("runners"),
+        GlobalQueue::new(usize::try_from(prepared.config.quota.service_max_queued).unwrap_or(usize::MAX)),
+    )?;
     let shared = Shared::new(SharedParts {
         config: prepared.config,
         db,
         capabilities: prepared.capabilities,
         service_user: prepared.account.name.clone(),
+        residency: Arc::clone(&residency),
+        store,
     });
+    let reaper = {
+        let residency = Arc::clone(&residency);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                every.tick().await;
+                residency.reap().await;
+            }
+        })
+    };
     let stop_server = CancellationToken::new();
     let server = tokio::spawn(control::serve(prepared.control, Arc::clone(&shared), stop_server.clone()));
+    let stop_http = CancellationToken::new();
+    let http = tokio::spawn(crate::api::serve(prepared.http, Arc::clone(&shared), stop_http.clone()));
     tracing::info!(socket = %dirs.control_socket.display(), state = %dirs.state.display(), "hyperllamad ready");
     notifier.ready(&status_line(&shared));
 
@@ -121,7 +143,12 @@ pub async fn run(prepared: Prepared, cli: Arc<Cli>) -> Result<()> {
         if server.is_finished() {
             break "control server stopped";
         }
+        if http.is_finished() {
+            break "HTTP server stopped";
+        }
     };
+    // New HTTP connections are refused from now on; requests in flight go on until the drain ends.
+    stop_http.cancel();
     let timeout = shared.config().daemon.drain_timeout;
     tracing::info!(reason, in_flight = shared.lifecycle.in_flight(), ?timeout, "draining");
     notifier.stopping(&format!("draining {} request(s)", shared.lifecycle.in_flight()));
@@ -140,11 +167,19 @@ pub async fn run(prepared: Prepared, cli: Arc<Cli>) -> Result<()> {
             tracing::warn!(cancelled = n, "drain timeout passed; cancelled requests")
         }
     }
+    reaper.abort();
+    shared.residency.unload_all().await;
     stop_server.cancel();
     match tokio::time::timeout(Duration::from_secs(5), server).await {
         Ok(Ok(Err(error))) => tracing::error!(%error, "control server failed"),
         Ok(Err(error)) => tracing::error!(%error, "control server panicked"),
         Err(_) => tracing::warn!("control server did not stop in 5s"),
+        Ok(Ok(Ok(()))) => {}
+    }
+    match tokio::time::timeout(Duration::from_secs(5), http).await {
+        Ok(Ok(Err(error))) => tracing::error!(%error, "HTTP server failed"),
+        Ok(Err(error)) => tracing::error!(%error, "HTTP server panicked"),
+        Err(_) => tracing::warn!("HTTP server did not stop in 5s"),
         Ok(Ok(Ok(()))) => {}
     }
     if !prepared.control_activated {
@@ -157,7 +192,11 @@ pub async fn run(prepared: Prepared, cli: Arc<Cli>) -> Result<()> {
 
 fn status_line(shared: &Shared) -> String {
     let state = if shared.lifecycle.accepting() { "serving" } else { "draining" };
-    format!("{state}; 0 models loaded; {} request(s) in flight", shared.lifecycle.in_flight())
+    format!(
+        "{state}; {} model(s) loaded; {} request(s) in flight",
+        shared.residency.list().len(),
+        shared.lifecycle.in_flight()
+    )
 }
 
 /// SIGHUP: re-reads the configuration. Settings fixed at start (directories, sockets, account,
@@ -186,6 +225,7 @@ fn reload(shared: &Shared, config_file: &Path, cli: &Cli, notifier: Notifier) {
                 new.daemon.user = old.daemon.user.clone();
                 new.daemon.admin_group = old.daemon.admin_group.clone();
             }
+            shared.residency.set_config(new.runners.clone());
             shared.set_config(new);
             tracing::info!("configuration reloaded");
         }

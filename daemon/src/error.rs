@@ -1,7 +1,14 @@
-//! The daemon's error type and its one mapping to gRPC status codes (the HTTP mapping joins it when
-//! the HTTP API lands). Messages are single actionable lines; internal details go to the log.
+//! The daemon's error type and its one mapping to gRPC status codes and to HTTP status codes.
+//! Messages are single actionable lines; internal details go to the log.
 
+use axum::http::StatusCode;
 use tonic::Code;
+
+/// gRPC metadata key carrying [`Error::http_status`] through a `tonic::Status`, so the HTTP API
+/// answers errors that crossed a stream with the same status as direct ones.
+pub const HTTP_STATUS_KEY: &str = "x-hyperllama-http-status";
+/// gRPC metadata key carrying [`Error::retry_after`] in seconds.
+pub const RETRY_AFTER_KEY: &str = "retry-after";
 
 /// Everything a daemon operation can fail with, as a caller should see it.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +34,33 @@ pub enum Error {
     /// The request is malformed.
     #[error("{0}")]
     InvalidArgument(String),
+    /// The caller is over one of their limits (HTTP 429).
+    #[error("too many requests: {message}; retry in {retry_after}s")]
+    UserOverQuota { message: String, retry_after: u64 },
+    /// Every queue is full (HTTP 503).
+    #[error("hyperllamad is at capacity; retry in {retry_after}s")]
+    ServiceFull { retry_after: u64 },
+    /// A model cannot be loaded in the memory it may use.
+    #[error("{model} does not fit: it needs {needed} but {available} is available{hint}")]
+    DoesNotFit { model: String, needed: String, available: String, hint: String },
+    /// A model's runner failed to start or died serving the request.
+    #[error("{0}")]
+    Runner(String),
+    /// A model file or manifest is malformed or hostile (bad GGUF, digest mismatch).
+    #[error("{0}")]
+    InvalidModel(String),
+    /// A registry or download failed (HTTP error, timeout, stall).
+    #[error("{0}")]
+    Registry(String),
+    /// The store's size limit or the free space does not allow a pull or create.
+    #[error("{0}")]
+    StoreFull(String),
+    /// A model in the store whose files are missing or damaged.
+    #[error("{0}")]
+    BrokenModel(String),
+    /// The caller may not pull; the message says who can.
+    #[error("{0}")]
+    PullDenied(String),
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
@@ -54,10 +88,45 @@ impl Error {
             Error::PermissionDenied { .. } => Code::PermissionDenied,
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::NotImplemented(_) => Code::Unimplemented,
-            Error::ShuttingDown => Code::Unavailable,
+            Error::ShuttingDown | Error::ServiceFull { .. } | Error::Runner(_) => Code::Unavailable,
+            Error::UserOverQuota { .. } | Error::DoesNotFit { .. } => Code::ResourceExhausted,
             Error::NotFound(_) => Code::NotFound,
-            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::InvalidArgument(_) | Error::InvalidModel(_) => Code::InvalidArgument,
+            Error::Registry(_) => Code::Aborted,
+            Error::StoreFull(_) => Code::ResourceExhausted,
+            Error::BrokenModel(_) => Code::FailedPrecondition,
+            Error::PullDenied(_) => Code::PermissionDenied,
             Error::Database(_) | Error::Migrate(_) | Error::Io { .. } | Error::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// The HTTP status for this error.
+    pub fn http_status(&self) -> StatusCode {
+        match self {
+            Error::PermissionDenied { .. } => StatusCode::FORBIDDEN,
+            Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Error::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            Error::ShuttingDown | Error::ServiceFull { .. } | Error::Runner(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::UserOverQuota { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::DoesNotFit { .. } => StatusCode::INSUFFICIENT_STORAGE,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::InvalidArgument(_) | Error::InvalidModel(_) => StatusCode::BAD_REQUEST,
+            Error::Registry(_) => StatusCode::BAD_GATEWAY,
+            Error::StoreFull(_) => StatusCode::INSUFFICIENT_STORAGE,
+            Error::BrokenModel(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::PullDenied(_) => StatusCode::FORBIDDEN,
+            Error::Database(_) | Error::Migrate(_) | Error::Io { .. } | Error::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+
+    /// Seconds after which a retry may succeed (the `Retry-After` header), for overload errors.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Error::UserOverQuota { retry_after, .. } | Error::ServiceFull { retry_after } => Some(*retry_after),
+            Error::ShuttingDown => Some(5),
+            _ => None,
         }
     }
 }
@@ -67,7 +136,13 @@ impl From<Error> for tonic::Status {
         if error.grpc_code() == Code::Internal {
             tracing::error!(%error, "request failed");
         }
-        tonic::Status::new(error.grpc_code(), error.to_string())
+        let mut status = tonic::Status::new(error.grpc_code(), error.to_string());
+        let meta = status.metadata_mut();
+        meta.insert(HTTP_STATUS_KEY, error.http_status().as_u16().into());
+        if let Some(secs) = error.retry_after() {
+            meta.insert(RETRY_AFTER_KEY, secs.into());
+        }
+        status
     }
 }
 
@@ -85,6 +160,19 @@ mod tests {
         assert_eq!(status.code(), Code::PermissionDenied);
         assert!(status.message().contains("`hyperllama-admin`"));
         assert!(!status.message().contains('\n'));
+    }
+
+    #[test]
+    fn overload_maps_to_429_and_503_with_retry_after() {
+        let over = Error::UserOverQuota { message: "x".into(), retry_after: 7 };
+        assert_eq!((over.http_status(), over.retry_after()), (StatusCode::TOO_MANY_REQUESTS, Some(7)));
+        let full = Error::ServiceFull { retry_after: 2 };
+        assert_eq!((full.http_status(), full.retry_after()), (StatusCode::SERVICE_UNAVAILABLE, Some(2)));
+        let status: tonic::Status = over.into();
+        assert_eq!(status.metadata().get(HTTP_STATUS_KEY).unwrap(), "429");
+        assert_eq!(status.metadata().get(RETRY_AFTER_KEY).unwrap(), "7");
+        let fit = Error::DoesNotFit { model: "m".into(), needed: "1".into(), available: "0".into(), hint: String::new() };
+        assert_eq!(fit.http_status(), StatusCode::INSUFFICIENT_STORAGE);
     }
 
     #[test]

@@ -26,6 +26,16 @@ pub fn gpus() -> (Vec<pb::GpuInfo>, String) {
     }
 }
 
+/// The CPUs local to the NUMA node of GPU `index` (sysfs `local_cpulist`), for pinning the
+/// runner that drives it.
+pub fn gpu_local_cpus(index: u32) -> Option<String> {
+    let gpus = hyperllama_kernels::gpus().ok()?;
+    let bus = &gpus.iter().find(|g| g.index == index)?.pci_bus_id;
+    let address = hyperllama_kernels::sysfs_pci_address(bus)?;
+    let list = std::fs::read_to_string(format!("/sys/bus/pci/devices/{address}/local_cpulist")).ok()?;
+    Some(list.trim().to_string()).filter(|l| !l.is_empty())
+}
+
 /// The default huge-page pool and the transparent huge page mode.
 pub fn huge_pages() -> pb::HugePages {
     huge_pages_from(Path::new("/proc/meminfo"), Path::new("/sys/kernel/mm/transparent_hugepage/enabled"))

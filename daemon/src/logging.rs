@@ -45,3 +45,13 @@ pub fn init(format: LogFormat, filter: &str) -> LogFormat {
     }
     format
 }
+
+/// Logging for a runner process: plain lines on stderr, which the daemon forwards to its own log
+/// (timestamps and the model name are added there).
+pub fn init_runner() {
+    let filter = EnvFilter::try_from_env("HYPERLLAMA_RUNNER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().without_time().with_ansi(false).with_target(false).with_writer(std::io::stderr))
+        .init();
+}

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use hyperllamad::cli::Cli;
+use hyperllamad::cli::{Cli, Internal};
+use hyperllamad::runner;
 use hyperllamad::config::{self, Config};
 use hyperllamad::{daemon, logging};
 
@@ -15,6 +16,9 @@ const EXIT_SETUP: u8 = 4;
 
 fn main() -> ExitCode {
     let cli = Arc::new(Cli::parse());
+    if let Some(Internal::Runner(args)) = &cli.command {
+        return runner_main(args.clone());
+    }
     let config_file = cli.config.clone().unwrap_or_else(|| config::default_config_file(cli.mode_hint()));
     let mut config = match Config::load(&config_file, cli.config.is_some()) {
         Ok(config) => config,
@@ -59,6 +63,25 @@ fn main() -> ExitCode {
         Err(error) => {
             tracing::error!(%error, "hyperllamad failed");
             eprintln!("hyperllamad: {error}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+/// The runner process: one model, served on a private socket until the daemon stops it.
+fn runner_main(args: runner::service::RunnerArgs) -> ExitCode {
+    logging::init_runner();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("runner: cannot start the async runtime: {error}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    match runtime.block_on(runner::service::run(args, runner::load_engine)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("runner: {error}");
             ExitCode::from(EXIT_RUNTIME)
         }
     }

@@ -9,6 +9,8 @@ use sqlx::SqlitePool;
 use crate::config::{Config, Dirs};
 use crate::identity::Authority;
 use crate::lifecycle::Lifecycle;
+use crate::residency::Residency;
+use crate::store::Store;
 
 /// Shared daemon state.
 #[derive(Debug)]
@@ -28,6 +30,10 @@ pub struct Shared {
     pub capabilities: Vec<String>,
     /// The account the daemon runs as.
     pub service_user: String,
+    /// Loaded models and their runners.
+    pub residency: Arc<Residency>,
+    /// The shared model store.
+    pub store: Arc<Store>,
 }
 
 /// What [`Shared::new`] needs.
@@ -41,6 +47,10 @@ pub struct SharedParts {
     pub capabilities: Vec<String>,
     /// The account the daemon runs as.
     pub service_user: String,
+    /// Loaded models and their runners.
+    pub residency: Arc<Residency>,
+    /// The shared model store, opened and reconciled.
+    pub store: Arc<Store>,
 }
 
 impl Shared {
@@ -55,6 +65,8 @@ impl Shared {
             started: Instant::now(),
             capabilities: parts.capabilities,
             service_user: parts.service_user,
+            residency: parts.residency,
+            store: parts.store,
         })
     }
 

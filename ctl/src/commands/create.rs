@@ -132,8 +132,12 @@ pub async fn create(client: &mut Client, args: &CreateArgs) -> Result<()> {
         Ok(stream) => render_progress(stream.into_inner()).await,
         Err(status) => Err(status.into()),
     };
-    reader.abort();
-    outcome
+    // The reader ends once the request stream is gone; a local read error explains a failure
+    // better than the daemon's view of a short upload.
+    match (outcome, tokio::time::timeout(std::time::Duration::from_secs(5), reader).await) {
+        (Err(_), Ok(Ok(Err(local)))) => Err(local),
+        (outcome, _) => outcome,
+    }
 }
 
 #[cfg(test)]

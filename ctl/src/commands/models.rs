@@ -1,7 +1,7 @@
 //! Store and residency commands: list, show, pull, push, cp, rm, ps, stop.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 
 use hyperllama_proto::v1 as pb;
 use tokio_stream::StreamExt;
@@ -26,7 +26,8 @@ pub async fn list(client: &mut Client) -> Result<String> {
     Ok(table(&["NAME", "ID", "SIZE", "MODIFIED"], &rows))
 }
 
-/// `ps`: NAME, ID, SIZE, PROCESSOR, CONTEXT, UNTIL.
+/// `ps`: Ollama's columns (NAME, ID, SIZE, PROCESSOR, CONTEXT, UNTIL), then HyperLlama's: engine,
+/// CPUs, KV memory and how much of the runner's memory is huge-page backed, active requests, pid.
 pub async fn ps(client: &mut Client) -> Result<String> {
     let models = client.ps(pb::PsRequest {}).await?.into_inner().models;
     let now = now();
@@ -41,10 +42,27 @@ pub async fn ps(client: &mut Client) -> Result<String> {
                 format!("100% GPU {}", list.join(","))
             };
             let until = if m.expires_at == 0 { "Forever".to_string() } else { relative(m.expires_at, now) };
-            vec![m.name.clone(), id, size(m.size_bytes), processor, m.context_length.to_string(), until]
+            let cpus = if m.cpus.is_empty() { "all".to_string() } else { m.cpus.clone() };
+            vec![
+                m.name.clone(),
+                id,
+                size(m.size_bytes),
+                processor,
+                m.context_length.to_string(),
+                until,
+                m.engine.clone(),
+                cpus,
+                size(m.kv_bytes),
+                size(m.kv_huge_page_bytes),
+                m.active_requests.to_string(),
+                m.runner_pid.to_string(),
+            ]
         })
         .collect();
-    Ok(table(&["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"], &rows))
+    Ok(table(
+        &["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL", "ENGINE", "CPUS", "KV", "HUGE PAGES", "ACTIVE", "PID"],
+        &rows,
+    ))
 }
 
 /// `show`.
@@ -112,29 +130,68 @@ fn human_count(n: u64) -> String {
     }
 }
 
-/// Draws pull/create progress as Ollama does: one line per layer with a bar.
+/// Draws pull/create progress as Ollama does: one line per status, one bar per layer. On a
+/// terminal the bars are redrawn in place; otherwise each line is printed once (a bar when its
+/// layer is complete), so logs stay readable.
 pub async fn render_progress(mut stream: tonic::Streaming<pb::Progress>) -> Result<()> {
-    let mut stderr = std::io::stderr();
-    let mut last_status = String::new();
+    let mut bars = Bars { tty: std::io::stderr().is_terminal(), lines: Vec::new(), drawn: 0 };
     while let Some(event) = stream.next().await {
-        let p = event?;
-        let completed = p.completed.min(p.total);
-        if let (Some(done), Some(pct)) =
-            ((completed * 40).checked_div(p.total), (completed * 100).checked_div(p.total))
-        {
-            let width = 40u64;
-            let bar: String = (0..width).map(|i| if i < done { '█' } else { ' ' }).collect();
-            let _ =
-                write!(stderr, "\r{} {pct:>3}% ▕{bar}▏ {}/{}", p.status, size(p.completed), size(p.total));
-            if p.completed >= p.total {
-                let _ = writeln!(stderr);
-            }
-        } else if p.status != last_status {
-            let _ = writeln!(stderr, "{}", p.status);
-        }
-        last_status = p.status;
+        bars.update(&event?);
     }
     Ok(())
+}
+
+/// The progress lines drawn so far.
+struct Bars {
+    tty: bool,
+    /// (key, text, printed once complete)
+    lines: Vec<(String, String, bool)>,
+    drawn: usize,
+}
+
+impl Bars {
+    fn update(&mut self, p: &pb::Progress) {
+        let has_bar = p.total > 0;
+        let key = if has_bar && !p.digest.is_empty() { p.digest.clone() } else { p.status.clone() };
+        let text = if has_bar { bar_line(p) } else { p.status.clone() };
+        let complete = !has_bar || p.completed >= p.total;
+        let index = match self.lines.iter().position(|(k, _, _)| *k == key) {
+            Some(i) => {
+                self.lines[i].1 = text;
+                i
+            }
+            None => {
+                self.lines.push((key, text, false));
+                self.lines.len() - 1
+            }
+        };
+        let mut stderr = std::io::stderr();
+        if self.tty {
+            // Move up over what was drawn, then redraw every line.
+            if self.drawn > 0 {
+                let _ = write!(stderr, "\x1b[{}A", self.drawn);
+            }
+            for (_, line, _) in &self.lines {
+                let _ = writeln!(stderr, "\x1b[2K{line}");
+            }
+            self.drawn = self.lines.len();
+        } else if complete && !self.lines[index].2 {
+            self.lines[index].2 = true;
+            let _ = writeln!(stderr, "{}", self.lines[index].1);
+        }
+        let _ = stderr.flush();
+    }
+}
+
+/// "pulling 74701a8c35f6:  45% ▕████        ▏ 900 MB/2.0 GB" (at 100%, just the total).
+fn bar_line(p: &pb::Progress) -> String {
+    let completed = p.completed.min(p.total);
+    let pct = (completed.saturating_mul(100)).checked_div(p.total).unwrap_or(0);
+    let filled = (completed.saturating_mul(30)).checked_div(p.total).unwrap_or(0);
+    let bar: String = (0..30).map(|i| if i < filled { '█' } else { ' ' }).collect();
+    let amount =
+        if completed >= p.total { size(p.total) } else { format!("{}/{}", size(completed), size(p.total)) };
+    format!("{}: {pct:>3}% ▕{bar}▏ {amount}", p.status)
 }
 
 /// `pull`.

@@ -4,6 +4,7 @@
 //! place ([`crate::error`]).
 
 mod server;
+pub(crate) mod store_rpc;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,13 +20,14 @@ pub use server::{adopt as adopt_listener, bind as bind_listener, serve};
 use crate::accounts;
 use crate::error::Error;
 use crate::identity::PeerIdentity;
+use crate::inference;
 use crate::inventory;
 use crate::lifecycle::WorkGuard;
 use crate::policy::{Action, authorize};
 use crate::state::Shared;
 
 /// A boxed server stream.
-type RpcStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+pub type RpcStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// The control service.
 #[derive(Debug, Clone)]
@@ -85,7 +87,7 @@ impl ControlService {
             gpus,
             gpu_probe_error,
             huge_pages: Some(inventory::huge_pages()),
-            loaded_models: Vec::new(),
+            loaded_models: shared.residency.list().iter().map(|m| m.describe()).collect(),
             requests_in_flight: shared.lifecycle.in_flight(),
             accepting: shared.lifecycle.accepting(),
             caller: Some(pb::Caller { uid: who.uid, user: who.user, admin: who.admin }),
@@ -93,17 +95,9 @@ impl ControlService {
             control_socket: shared.dirs.control_socket.display().to_string(),
             capabilities: shared.capabilities.clone(),
             service_user: shared.service_user.clone(),
-            broken_models: 0,
+            broken_models: store_rpc::broken_models(shared).await,
         }
     }
-}
-
-/// Every RPC whose logic is not in this version: authorized as it will be, then refused clearly.
-macro_rules! not_yet {
-    ($self:ident, $request:ident, $action:expr, $what:literal) => {{
-        let _admitted = $self.admit(&$request, $action)?;
-        Err(Error::NotImplemented($what).into())
-    }};
 }
 
 #[tonic::async_trait]
@@ -120,7 +114,7 @@ impl Control for ControlService {
 
     type PullStream = RpcStream<pb::Progress>;
     async fn pull(&self, request: Request<pb::PullRequest>) -> Result<Response<Self::PullStream>, Status> {
-        not_yet!(self, request, Action::Pull, "pulling models")
+        store_rpc::pull(self, request).await
     }
 
     type CreateStream = RpcStream<pb::Progress>;
@@ -128,43 +122,44 @@ impl Control for ControlService {
         &self,
         request: Request<Streaming<pb::CreateRequest>>,
     ) -> Result<Response<Self::CreateStream>, Status> {
-        not_yet!(self, request, Action::Create, "creating models")
+        store_rpc::create(self, request).await
     }
 
     async fn list(&self, request: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
-        not_yet!(self, request, Action::Inspect, "the model store")
+        store_rpc::list(self, request).await
     }
 
     async fn show(&self, request: Request<pb::ShowRequest>) -> Result<Response<pb::ShowResponse>, Status> {
-        not_yet!(self, request, Action::Inspect, "the model store")
+        store_rpc::show(self, request).await
     }
 
     async fn copy(&self, request: Request<pb::CopyRequest>) -> Result<Response<pb::CopyResponse>, Status> {
-        not_yet!(self, request, Action::Copy, "copying models")
+        store_rpc::copy(self, request).await
     }
 
     async fn delete(
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        not_yet!(self, request, Action::Delete, "deleting models")
+        store_rpc::delete(self, request).await
     }
 
     async fn load(&self, request: Request<pb::LoadRequest>) -> Result<Response<pb::LoadResponse>, Status> {
-        not_yet!(self, request, Action::Load, "loading models")
+        let _admitted = self.admit(&request, Action::Load)?;
+        Ok(Response::new(inference::load(&self.shared, request.into_inner()).await?))
     }
 
     async fn unload(
         &self,
         request: Request<pb::UnloadRequest>,
     ) -> Result<Response<pb::UnloadResponse>, Status> {
-        not_yet!(self, request, Action::Unload, "unloading models")
+        let _admitted = self.admit(&request, Action::Unload)?;
+        Ok(Response::new(inference::unload(&self.shared, request.into_inner()).await?))
     }
 
     async fn ps(&self, request: Request<pb::PsRequest>) -> Result<Response<pb::PsResponse>, Status> {
         let _admitted = self.admit(&request, Action::Inspect)?;
-        // No runner can be started by this version, so nothing is loaded.
-        Ok(Response::new(pb::PsResponse { models: Vec::new() }))
+        Ok(Response::new(inference::ps(&self.shared)))
     }
 
     type GenerateStream = RpcStream<pb::GenerateResponse>;
@@ -172,16 +167,20 @@ impl Control for ControlService {
         &self,
         request: Request<pb::GenerateRequest>,
     ) -> Result<Response<Self::GenerateStream>, Status> {
-        not_yet!(self, request, Action::Infer, "running models")
+        let (who, guard) = self.admit(&request, Action::Infer)?;
+        let stream = inference::generate(Arc::clone(&self.shared), who, guard, request.into_inner());
+        Ok(Response::new(stream))
     }
 
     type ChatStream = RpcStream<pb::ChatResponse>;
     async fn chat(&self, request: Request<pb::ChatRequest>) -> Result<Response<Self::ChatStream>, Status> {
-        not_yet!(self, request, Action::Infer, "running models")
+        let (who, guard) = self.admit(&request, Action::Infer)?;
+        Ok(Response::new(inference::chat(Arc::clone(&self.shared), who, guard, request.into_inner())))
     }
 
     async fn embed(&self, request: Request<pb::EmbedRequest>) -> Result<Response<pb::EmbedResponse>, Status> {
-        not_yet!(self, request, Action::Infer, "embedding")
+        let (who, _guard) = self.admit(&request, Action::Infer)?;
+        Ok(Response::new(inference::embed(&self.shared, &who, request.into_inner()).await?))
     }
 
     async fn create_token(
@@ -249,6 +248,21 @@ impl Control for ControlService {
         &self,
         request: Request<pb::EndpointRequest>,
     ) -> Result<Response<pb::EndpointResponse>, Status> {
-        not_yet!(self, request, Action::ManageOwn, "per-user HTTP endpoints")
+        let (who, _guard) = self.admit(&request, Action::ManageOwn)?;
+        let server = crate::api::server().ok_or(Error::NotImplemented("the HTTP API (not started)"))?;
+        let remove = request.get_ref().remove;
+        let path = server.user_endpoint(who.uid, remove)?;
+        let mut environment = Vec::new();
+        if !remove {
+            // Clients take OLLAMA_HOST and OPENAI_BASE_URL as host:port URLs, not socket paths: name
+            // the loopback listener (where the kernel identifies the caller too) and the socket.
+            if let Some(addr) = server.tcp_addrs().iter().find(|a| a.ip().is_loopback()) {
+                environment.push(format!("OLLAMA_HOST={addr}"));
+                environment.push(format!("OPENAI_BASE_URL=http://{addr}/v1"));
+            }
+            environment.push(format!("HYPERLLAMA_SOCKET={}", path.display()));
+        }
+        tracing::info!(user = %who.user, remove, socket = %path.display(), "endpoint");
+        Ok(Response::new(pb::EndpointResponse { socket_path: path.display().to_string(), environment }))
     }
 }

@@ -3,6 +3,11 @@
 //! on one thread and are freed in `Drop`. API handlers and the runner protocol never see
 //! llama.cpp, CUDA or vLLM directly.
 
+pub mod llamacpp;
+pub mod sampling;
+pub mod stop;
+pub mod template;
+
 use std::fmt;
 
 use tokio::sync::mpsc;

@@ -1,0 +1,233 @@
+//! Engine-independent sampling pieces: the repetition/frequency/presence penalty window with
+//! llama.cpp's exact semantics (`llama_sampler_penalties`), greedy argmax with llama.cpp's tie
+//! rule (first maximum wins), the log-probability of a chosen token, and validation of
+//! [`SamplingParams`].
+//!
+//! The penalty window is a ring of the last `repeat_last_n` accepted tokens plus a count per
+//! distinct token, so `accept` is O(1) and `apply` is O(distinct tokens in the window).
+
+use std::collections::{HashMap, VecDeque};
+
+use super::SamplingParams;
+
+/// Repetition penalties over the last `n` accepted tokens (prompt tokens included, as
+/// llama-server does).
+#[derive(Debug, Clone)]
+pub struct PenaltyWindow {
+    last_n: usize,
+    repeat: f32,
+    frequency: f32,
+    presence: f32,
+    recent: VecDeque<i32>,
+    counts: HashMap<i32, u32>,
+}
+
+impl PenaltyWindow {
+    /// A window for these parameters; `n_ctx` resolves `repeat_last_n = -1`.
+    pub fn new(params: &SamplingParams, n_ctx: u32) -> Self {
+        let last_n = match params.repeat_last_n {
+            n if n < 0 => n_ctx as usize,
+            n => n as usize,
+        };
+        // llama.cpp requires a positive repeat penalty; treat anything else as "off".
+        let repeat = if params.repeat_penalty > 0.0 && params.repeat_penalty.is_finite() { params.repeat_penalty } else { 1.0 };
+        Self {
+            last_n,
+            repeat,
+            frequency: finite_or_zero(params.frequency_penalty),
+            presence: finite_or_zero(params.presence_penalty),
+            recent: VecDeque::with_capacity(last_n.min(4096)),
+            counts: HashMap::new(),
+        }
+    }
+
+    /// Whether applying the window changes nothing.
+    pub fn is_disabled(&self) -> bool {
+        self.last_n == 0 || (self.repeat == 1.0 && self.frequency == 0.0 && self.presence == 0.0)
+    }
+
+    /// Records a token (prompt or generated).
+    pub fn accept(&mut self, token: i32) {
+        if self.is_disabled() {
+            return;
+        }
+        *self.counts.entry(token).or_insert(0) += 1;
+        if self.recent.len() >= self.last_n
+            && let Some(old) = self.recent.pop_front()
+            && let Some(c) = self.counts.get_mut(&old)
+        {
+            *c -= 1;
+            if *c == 0 {
+                self.counts.remove(&old);
+            }
+        }
+        self.recent.push_back(token);
+    }
+
+    /// Records the tail of a prompt (only the last `n` tokens can matter).
+    pub fn accept_prompt(&mut self, tokens: &[i32]) {
+        if self.is_disabled() {
+            return;
+        }
+        let start = tokens.len().saturating_sub(self.last_n);
+        for &t in &tokens[start..] {
+            self.accept(t);
+        }
+    }
+
+    /// Applies the penalties to `logits` (indexed by token id).
+    pub fn apply(&self, logits: &mut [f32]) {
+        if self.is_disabled() {
+            return;
+        }
+        for (&token, &count) in &self.counts {
+            if let Some(l) = usize::try_from(token).ok().and_then(|i| logits.get_mut(i)) {
+                *l = self.penalize(*l, count);
+            }
+        }
+    }
+
+    /// The penalized value of one logit whose token occurred `count` (> 0) times.
+    fn penalize(&self, logit: f32, count: u32) -> f32 {
+        let l = if logit <= 0.0 { logit * self.repeat } else { logit / self.repeat };
+        l - count as f32 * self.frequency - self.presence
+    }
+}
+
+fn finite_or_zero(x: f32) -> f32 {
+    if x.is_finite() { x } else { 0.0 }
+}
+
+/// Index of the largest value; the first one on ties (llama.cpp's greedy sampler).
+pub fn argmax(values: &[f32]) -> usize {
+    let mut best = 0;
+    let mut best_value = f32::NEG_INFINITY;
+    for (i, &v) in values.iter().enumerate() {
+        if v > best_value {
+            best_value = v;
+            best = i;
+        }
+    }
+    best
+}
+
+/// `log softmax(logits)[index]`, computed stably.
+pub fn log_prob(logits: &[f32], index: usize) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    let chosen = logits.get(index).copied().unwrap_or(f32::NEG_INFINITY);
+    (f64::from(chosen - max) - sum.ln()) as f32
+}
+
+/// Whether these parameters select greedy decoding.
+pub fn is_greedy(params: &SamplingParams) -> bool {
+    params.temperature <= 0.0 || params.top_k == 1
+}
+
+/// Checks the parameters a model cannot be asked to use (NaN, negative probabilities, ...).
+pub fn validate(params: &SamplingParams) -> Result<(), String> {
+    let checks = [
+        ("temperature", params.temperature, params.temperature.is_finite()),
+        ("top_p", params.top_p, params.top_p.is_finite() && params.top_p >= 0.0),
+        ("min_p", params.min_p, params.min_p.is_finite() && params.min_p >= 0.0 && params.min_p <= 1.0),
+        ("typical_p", params.typical_p, params.typical_p.is_finite() && params.typical_p >= 0.0),
+        ("repeat_penalty", params.repeat_penalty, params.repeat_penalty.is_finite()),
+        ("presence_penalty", params.presence_penalty, params.presence_penalty.is_finite()),
+        ("frequency_penalty", params.frequency_penalty, params.frequency_penalty.is_finite()),
+    ];
+    for (name, value, ok) in checks {
+        if !ok {
+            return Err(format!("invalid {name}: {value}"));
+        }
+    }
+    Ok(())
+}
+
+/// The 32-bit seed llama.cpp's samplers take; `u32::MAX` means "random" there, so it is avoided.
+pub fn seed32(seed: Option<u64>) -> u32 {
+    let s = match seed {
+        Some(s) => s,
+        None => {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
+            h.finish()
+        }
+    };
+    let folded = (s ^ (s >> 32)) as u32;
+    if folded == u32::MAX { u32::MAX - 1 } else { folded }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(last_n: i32, repeat: f32, freq: f32, presence: f32) -> SamplingParams {
+        SamplingParams {
+            repeat_last_n: last_n,
+            repeat_penalty: repeat,
+            frequency_penalty: freq,
+            presence_penalty: presence,
+            ..SamplingParams::default()
+        }
+    }
+
+    #[test]
+    fn window_slides_and_counts() {
+        let mut w = PenaltyWindow::new(&params(3, 2.0, 0.0, 0.0), 100);
+        for t in [1, 1, 2, 3] {
+            w.accept(t);
+        }
+        // Window is [1, 2, 3]: token 1 was seen once within it.
+        assert_eq!(w.counts.get(&1), Some(&1));
+        let mut logits = vec![1.0, 4.0, -2.0, 6.0, 5.0];
+        w.apply(&mut logits);
+        assert_eq!(logits, vec![1.0, 2.0, -4.0, 3.0, 5.0]);
+    }
+
+    #[test]
+    fn frequency_and_presence_like_llama_cpp() {
+        let mut w = PenaltyWindow::new(&params(64, 1.0, 0.5, 0.25), 100);
+        w.accept_prompt(&[0, 0, 2]);
+        let mut logits = vec![1.0, 1.0, 1.0];
+        w.apply(&mut logits);
+        assert_eq!(logits, vec![1.0 - 2.0 * 0.5 - 0.25, 1.0, 1.0 - 0.5 - 0.25]);
+    }
+
+    #[test]
+    fn disabled_windows_do_nothing() {
+        for p in [params(0, 1.5, 0.0, 0.0), params(64, 1.0, 0.0, 0.0), params(64, 0.0, 0.0, 0.0)] {
+            let mut w = PenaltyWindow::new(&p, 100);
+            w.accept(0);
+            assert!(w.is_disabled());
+            let mut logits = vec![3.0];
+            w.apply(&mut logits);
+            assert_eq!(logits, vec![3.0]);
+        }
+        // -1 means the context size.
+        assert_eq!(PenaltyWindow::new(&params(-1, 1.1, 0.0, 0.0), 77).last_n, 77);
+    }
+
+    #[test]
+    fn argmax_takes_first_maximum() {
+        assert_eq!(argmax(&[1.0, 3.0, 3.0, 2.0]), 1);
+        assert_eq!(argmax(&[f32::NEG_INFINITY, f32::NEG_INFINITY]), 0);
+    }
+
+    #[test]
+    fn log_prob_matches_softmax() {
+        let lp = log_prob(&[0.0, 0.0], 0);
+        assert!((lp - 0.5f32.ln()).abs() < 1e-6);
+        let lp = log_prob(&[1000.0, 0.0], 0);
+        assert!(lp.abs() < 1e-6);
+    }
+
+    #[test]
+    fn validation_and_seeds() {
+        assert!(validate(&SamplingParams::default()).is_ok());
+        assert!(validate(&SamplingParams { temperature: f32::NAN, ..SamplingParams::default() }).is_err());
+        assert!(validate(&SamplingParams { min_p: 2.0, ..SamplingParams::default() }).is_err());
+        assert_eq!(seed32(Some(42)), 42);
+        assert_ne!(seed32(Some(u64::from(u32::MAX))), u32::MAX);
+    }
+}

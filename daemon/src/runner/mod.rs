@@ -1,0 +1,26 @@
+//! Model runners: one child process per loaded model, speaking `hyperllama.v1.Runner` over a
+//! private unix socket. `service` is the runner process itself (the hidden `hyperllamad runner`
+//! subcommand), `process` is the daemon's handle on one, `convert` maps the wire to engine types.
+
+pub mod convert;
+pub mod process;
+pub mod service;
+
+use std::sync::Arc;
+
+use crate::engine::{Engine, EngineError};
+
+/// Loads the engine a runner was asked for.
+pub fn load_engine(args: &service::RunnerArgs, threads: u32) -> Result<Arc<dyn Engine>, EngineError> {
+    match args.engine.as_str() {
+        "llama.cpp" => {
+            use crate::engine::llamacpp::{LlamaCppConfig, LlamaCppEngine};
+            let mut config = LlamaCppConfig::new(&args.model);
+            config.n_ctx = args.context_length;
+            config.n_parallel = args.parallel;
+            config.n_threads = threads;
+            Ok(Arc::new(LlamaCppEngine::load(config)?))
+        }
+        other => Err(EngineError::Load(format!("engine `{other}` is not available in this version"))),
+    }
+}
