@@ -15,6 +15,11 @@ cargo clippy --release --locked --workspace --all-targets -- -D warnings
 log "cargo test"
 # Model files the tests share (downloaded once, cached in .cache/).
 export HYPERLLAMA_TEST_GEMMA="$(fetch_gemma)"
+# The official ollama and openai Python clients, pinned; tests/http_clients.rs runs their pytest
+# suite (tests/clients/) against the real daemon as part of cargo test.
+log "installing the Python test clients"
+"$(venv)/bin/pip" install -q -r tests/clients/requirements.txt
+export HYPERLLAMA_TEST_PYTHON="$REPO/.venv/bin/python"
 export HYPERLLAMA_SKIP_LOG="$CACHE/skipped.log"
 rm -f "$HYPERLLAMA_SKIP_LOG"
 status=0

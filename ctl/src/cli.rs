@@ -138,7 +138,7 @@ pub struct RunArgs {
     /// Prompt; without it (and with no piped input) an interactive session starts.
     pub prompt: Vec<String>,
     /// How long to keep the model loaded, e.g. "5m", "1h", "-1" (forever), "0" (unload now).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub keepalive: Option<String>,
     /// Show timings and token counts.
     #[arg(long)]

@@ -71,4 +71,11 @@ mod tests {
         use clap::CommandFactory;
         Cli::command().debug_assert();
     }
+
+    #[test]
+    fn negative_keepalive_is_a_value_not_a_flag() {
+        let cli = Cli::try_parse_from(["hyperctl", "run", "m", "--keepalive", "-1"]).unwrap();
+        let Command::Run(args) = cli.command else { panic!("not run") };
+        assert_eq!(args.keepalive.as_deref(), Some("-1"));
+    }
 }

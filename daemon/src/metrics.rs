@@ -18,12 +18,15 @@ use hyperllama_proto::v1 as pb;
 
 use crate::state::Shared;
 
-const TTFT_BUCKETS: &[f64] =
-    &[0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0];
+const TTFT_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0,
+    80.0,
+];
 const ITL_BUCKETS: &[f64] =
     &[0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5];
 const E2E_BUCKETS: &[f64] = &[
-    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0,
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0,
+    960.0,
 ];
 
 /// Labels of one series: the model, and the user when per-user metrics are on.
@@ -186,7 +189,11 @@ impl Drop for Meter {
     }
 }
 
-fn histogram<'a>(map: &'a mut BTreeMap<Labels, Histogram>, labels: &Labels, buckets: &'static [f64]) -> &'a mut Histogram {
+fn histogram<'a>(
+    map: &'a mut BTreeMap<Labels, Histogram>,
+    labels: &Labels,
+    buckets: &'static [f64],
+) -> &'a mut Histogram {
     map.entry(labels.clone()).or_insert_with(|| Histogram::new(buckets))
 }
 
@@ -207,12 +214,13 @@ impl Metrics {
     pub fn render(&self, shared: &Shared) -> String {
         let mut out = String::new();
         let loaded = shared.residency.list();
-        let gauge = |out: &mut String, name: &str, help: &str, values: &mut dyn Iterator<Item = (String, f64)>| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-            for (model, value) in values {
-                let _ = writeln!(out, "{name}{{model=\"{}\"}} {value}", escape(&model));
-            }
-        };
+        let gauge =
+            |out: &mut String, name: &str, help: &str, values: &mut dyn Iterator<Item = (String, f64)>| {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+                for (model, value) in values {
+                    let _ = writeln!(out, "{name}{{model=\"{}\"}} {value}", escape(&model));
+                }
+            };
         #[allow(clippy::cast_precision_loss)]
         let f = |n: u64| n as f64;
         gauge(
@@ -261,8 +269,18 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{{}}} {value}", labels.render(None));
             }
         };
-        counter(&mut out, "hyperllama_prompt_tokens_total", "Prompt tokens processed.", &series.prompt_tokens);
-        counter(&mut out, "hyperllama_generation_tokens_total", "Tokens generated.", &series.generation_tokens);
+        counter(
+            &mut out,
+            "hyperllama_prompt_tokens_total",
+            "Prompt tokens processed.",
+            &series.prompt_tokens,
+        );
+        counter(
+            &mut out,
+            "hyperllama_generation_tokens_total",
+            "Tokens generated.",
+            &series.generation_tokens,
+        );
         counter(
             &mut out,
             "hyperllama_prefix_cache_queries_total",
@@ -281,10 +299,18 @@ impl Metrics {
              # TYPE hyperllama_requests_total counter"
         );
         for ((labels, outcome), value) in &series.requests {
-            let _ = writeln!(out, "hyperllama_requests_total{{{}}} {value}", labels.render(Some(("outcome", outcome))));
+            let _ = writeln!(
+                out,
+                "hyperllama_requests_total{{{}}} {value}",
+                labels.render(Some(("outcome", outcome)))
+            );
         }
         let histograms = [
-            ("hyperllama_time_to_first_token_seconds", "Time from request to the first generated text.", &series.ttft),
+            (
+                "hyperllama_time_to_first_token_seconds",
+                "Time from request to the first generated text.",
+                &series.ttft,
+            ),
             ("hyperllama_inter_token_latency_seconds", "Time between chunks of generated text.", &series.itl),
             ("hyperllama_e2e_request_latency_seconds", "Time from request to its end.", &series.e2e),
         ];
@@ -292,7 +318,11 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
             for (labels, h) in map {
                 for (bound, n) in h.buckets.iter().zip(&h.counts) {
-                    let _ = writeln!(out, "{name}_bucket{{{}}} {n}", labels.render(Some(("le", &bound.to_string()))));
+                    let _ = writeln!(
+                        out,
+                        "{name}_bucket{{{}}} {n}",
+                        labels.render(Some(("le", &bound.to_string())))
+                    );
                 }
                 let _ = writeln!(out, "{name}_bucket{{{}}} {}", labels.render(Some(("le", "+Inf"))), h.count);
                 let _ = writeln!(out, "{name}_sum{{{}}} {}", labels.render(None), h.sum);

@@ -118,6 +118,21 @@ pub fn anon_huge_page_bytes(pid: u32) -> u64 {
         * 1024
 }
 
+/// KV bytes one token of context costs (f16 keys and values in every layer), from the GGUF's
+/// attention metadata; `None` when the file does not say.
+pub fn kv_bytes_per_token(model: &std::path::Path) -> Option<u64> {
+    let file = crate::gguf::read_file(model, &crate::gguf::Limits::default()).ok()?;
+    let count = |key: &str| file.get(key).and_then(crate::gguf::Value::as_u64);
+    let arch = file.model_info().ok()?.architecture;
+    let layers = count(&format!("{arch}.block_count"))?;
+    let heads = count(&format!("{arch}.attention.head_count"))?.max(1);
+    let kv_heads = count(&format!("{arch}.attention.head_count_kv")).unwrap_or(heads);
+    let embedding = count(&format!("{arch}.embedding_length")).unwrap_or(0);
+    let key_len = count(&format!("{arch}.attention.key_length")).unwrap_or(embedding / heads);
+    let value_len = count(&format!("{arch}.attention.value_length")).unwrap_or(key_len);
+    Some(layers * kv_heads * (key_len + value_len) * 2)
+}
+
 /// Held while a request uses a model.
 #[derive(Debug)]
 pub struct UseGuard {
@@ -217,8 +232,13 @@ impl Residency {
         total_kb * 1024 / 10 * 9
     }
 
-    fn estimate(&self, request: &LoadRequest, spec: &RunnerSpec) -> u64 {
-        let per_token = if request.kv_bytes_per_token > 0 { request.kv_bytes_per_token } else { 64 * 1024 };
+    async fn estimate(&self, request: &LoadRequest, spec: &RunnerSpec) -> u64 {
+        let per_token = if request.kv_bytes_per_token > 0 {
+            request.kv_bytes_per_token
+        } else {
+            let path = request.model_path.clone();
+            tokio::task::spawn_blocking(move || kv_bytes_per_token(&path)).await.ok().flatten().unwrap_or(64 * 1024)
+        };
         let kv = u64::from(spec.context_length) * u64::from(spec.parallel) * per_token;
         // Weights are mapped from the file; compute buffers and the runner itself add a margin.
         request.size_bytes + kv + 64 * 1024 * 1024
@@ -263,10 +283,16 @@ impl Residency {
             gpus: request.gpus.clone(),
             socket,
         };
-        let needed = self.estimate(request, &spec);
+        let needed = self.estimate(request, &spec).await;
         self.make_room(&request.name, needed, config.max_loaded_models).await?;
         let runner = RunnerProcess::start(&spec, config.start_timeout).await?;
         let capacity = usize::try_from(runner.health.parallel.max(1)).unwrap_or(1);
+        // Once loaded, account what the runner reports rather than the estimate.
+        let needed = if runner.health.weights_bytes > 0 {
+            runner.health.weights_bytes + runner.health.kv_bytes + 64 * 1024 * 1024
+        } else {
+            needed
+        };
         let loaded = Arc::new(Loaded {
             name: request.name.clone(),
             digest: request.digest.clone(),

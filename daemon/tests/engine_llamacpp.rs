@@ -169,7 +169,9 @@ fn greedy_matches_llama_cpp_alone_and_in_a_batch_of_nine() {
         streams.push(engine.generate(r).expect("generate"));
     }
     let outcomes: Vec<Outcome> = streams.into_iter().map(collect).collect();
-    assert_eq!(outcomes[1].text, expected, "inside a batch of nine");
+    let expected_in_batch = reference_greedy(&path, target, n + 1);
+    assert!(expected_in_batch.starts_with(&expected));
+    assert_eq!(outcomes[1].text, expected_in_batch, "inside a batch of nine");
     for (i, (p, o)) in PROMPTS.iter().zip(&outcomes).enumerate() {
         assert_eq!(o.text, reference_greedy(&path, p, n + i), "{p}");
     }
@@ -180,11 +182,11 @@ fn greedy_matches_llama_cpp_alone_and_in_a_batch_of_nine() {
 fn prefix_reuse_is_per_salt_and_exact() {
     let path = tiny();
     let engine = LlamaCppEngine::load(config(&path)).expect("load");
-    let long: String = (0..60).map(|i| format!("sentence number {i} is here. ")).collect();
+    let long: String = (0..24).map(|i| format!("sentence number {i} is here. ")).collect();
     let before = engine.stats().prompt_tokens_decoded;
     let first = run(&engine, request(&long, 16));
     let n_prompt = first.stats.prompt_tokens;
-    assert!(n_prompt > 300, "{n_prompt}");
+    assert!(n_prompt > 200, "{n_prompt}");
     assert_eq!(first.stats.cached_tokens, 0);
     assert_eq!(first.prompt_done, Some((n_prompt, 0)));
     let mid = engine.stats().prompt_tokens_decoded;
@@ -403,10 +405,14 @@ fn prompts_longer_than_the_context_are_refused() {
     let engine = LlamaCppEngine::load(c).expect("load");
     let long: String = (0..200).map(|i| format!("x{i} ")).collect();
     assert!(matches!(engine.generate(request(&long, 4)), Err(EngineError::InvalidRequest(_))));
-    // Generation stops at the context size.
-    let out = run(&engine, request("short", 10_000));
-    assert_eq!(out.reason, FinishReason::Length);
-    assert!(out.stats.prompt_tokens + out.stats.generated_tokens <= 64, "{:?}", out.stats);
+    // Generation stops at the context size (or earlier at an end-of-sequence token).
+    for p in PROMPTS {
+        let out = run(&engine, request(p, 10_000));
+        assert!(out.stats.prompt_tokens + out.stats.generated_tokens <= 64, "{:?}", out.stats);
+        if out.reason == FinishReason::Length {
+            assert!(out.stats.prompt_tokens + out.stats.generated_tokens >= 62, "{:?}", out.stats);
+        }
+    }
 }
 
 #[test]

@@ -2,6 +2,11 @@
 //! directories, runs the real `hyperctl` against it (as root or as throwaway users made with
 //! `useradd`), and cleans everything up. Tests that need root say they were skipped otherwise.
 
+pub mod gguf_file;
+pub mod registry;
+
+pub mod tiny_model;
+
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -126,6 +131,8 @@ pub struct DaemonOptions {
     pub env: Vec<(String, String)>,
     /// Admin group (default: one that does not exist, so only root administers).
     pub admin_group: Option<String>,
+    /// Extra configuration (TOML), written to `conf.d/50-test.toml`.
+    pub config: String,
 }
 
 /// A running hyperllamad on temporary directories.
@@ -159,6 +166,11 @@ pub fn test_dir() -> (tempfile::TempDir, PathBuf, PathBuf) {
     let hyperctl = copies.next().unwrap();
     let hyperllamad = copies.next().unwrap();
     std::fs::write(dir.path().join("hyperllama.toml"), "").unwrap();
+    // Ephemeral HTTP ports: tests run side by side, and a real Ollama may hold 11434. A drop-in,
+    // so tests that write their own hyperllama.toml keep it.
+    std::fs::create_dir(dir.path().join("conf.d")).unwrap();
+    std::fs::write(dir.path().join("conf.d/00-test-http.toml"), "[http]\nlisten = [\"127.0.0.1:0\", \"[::1]:0\"]\n")
+        .unwrap();
     (dir, hyperctl, hyperllamad)
 }
 
@@ -194,6 +206,9 @@ impl Daemon {
     /// Starts a daemon and waits until its control socket answers.
     pub fn start(options: DaemonOptions) -> Daemon {
         let (dir, hyperctl, hyperllamad) = test_dir();
+        if !options.config.is_empty() {
+            std::fs::write(dir.path().join("conf.d/50-test.toml"), &options.config).unwrap();
+        }
         let log = dir.path().join("daemon.log");
         let mut command = Self::command(dir.path(), &hyperllamad, &options);
         let child = spawn_logged(&mut command, &log);
@@ -273,6 +288,43 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// The HTTP API's TCP addresses, from the daemon's log ("HTTP listening addr=...").
+    pub fn http_addrs(&self) -> Vec<std::net::SocketAddr> {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("HTTP listening"))
+            .filter_map(|l| l.split("addr=").nth(1)?.split_whitespace().next()?.parse().ok())
+            .collect()
+    }
+
+    /// The first IPv4 HTTP address.
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(addr) = self.http_addrs().into_iter().find(std::net::SocketAddr::is_ipv4) {
+                return addr;
+            }
+            assert!(Instant::now() < deadline, "no HTTP listener in the log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Imports `gguf` as `name` with `hyperctl create` (as the test's own user), with extra
+    /// Modelfile lines; panics with the output when it fails.
+    pub fn create_model(&self, name: &str, gguf: &Path, extra: &str) {
+        let modelfile = self.dir.path().join(format!("{name}.Modelfile"));
+        std::fs::write(&modelfile, format!("FROM {}\n{extra}\n", gguf.display())).unwrap();
+        let out = self.ctl(&["create", name, "-f", modelfile.to_str().unwrap()]);
+        assert!(out.status.success(), "create {name}: {}", text(&out));
+    }
+
+    /// Writes a tiny random Llama model into the test directory and returns its path.
+    pub fn tiny_model(&self, spec: &tiny_model::TinyModelSpec, file: &str) -> PathBuf {
+        let path = self.dir.path().join(file);
+        tiny_model::write_tiny_llama(&path, spec).unwrap();
+        path
     }
 
     /// The daemon's log so far.

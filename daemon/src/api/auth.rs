@@ -22,9 +22,9 @@ use nix::unistd::{Uid, User};
 use sqlx::Row;
 use subtle::ConstantTimeEq;
 
+use super::Api;
 use super::error::{ApiError, Dialect};
 use super::listen::ConnInfo;
-use super::Api;
 use crate::accounts;
 use crate::config::HttpConfig;
 use crate::db::now;
@@ -67,7 +67,13 @@ impl Caller {
 
 /// "gemma3" and "gemma3:latest" name the same model.
 fn same_model(a: &str, b: &str) -> bool {
-    let tag = |s: &str| if s.rsplit('/').next().is_some_and(|last| last.contains(':')) { s.to_string() } else { format!("{s}:latest") };
+    let tag = |s: &str| {
+        if s.rsplit('/').next().is_some_and(|last| last.contains(':')) {
+            s.to_string()
+        } else {
+            format!("{s}:latest")
+        }
+    };
     tag(a).eq_ignore_ascii_case(&tag(b))
 }
 
@@ -86,14 +92,16 @@ pub async fn guard(
     {
         let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
         tracing::warn!(host, "refused a request with a Host header not in http.allowed_hosts");
-        return ApiError::new(StatusCode::FORBIDDEN, "host not allowed (see http.allowed_hosts)").into_dialect(dialect);
+        return ApiError::new(StatusCode::FORBIDDEN, "host not allowed (see http.allowed_hosts)")
+            .into_dialect(dialect);
     }
     let origin = request.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok()).map(str::to_string);
     if let Some(origin) = &origin
         && !origin_allowed(origin, &http.cors_origins)
     {
         tracing::warn!(origin, "refused a request from an origin not in http.cors_origins");
-        return ApiError::new(StatusCode::FORBIDDEN, "origin not allowed (see http.cors_origins)").into_dialect(dialect);
+        return ApiError::new(StatusCode::FORBIDDEN, "origin not allowed (see http.cors_origins)")
+            .into_dialect(dialect);
     }
     if request.method() == Method::OPTIONS {
         return cors(StatusCode::NO_CONTENT.into_response(), origin.as_deref(), true);
@@ -113,7 +121,10 @@ fn cors(mut response: Response, origin: Option<&str>, preflight: bool) -> Respon
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
     headers.append(header::VARY, HeaderValue::from_static("Origin"));
     if preflight {
-        headers.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, PUT, DELETE, HEAD, OPTIONS"));
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, PUT, DELETE, HEAD, OPTIONS"),
+        );
         headers.insert(
             header::ACCESS_CONTROL_ALLOW_HEADERS,
             HeaderValue::from_static("Authorization, Content-Type, User-Agent, Accept, X-Requested-With, X-Request-Id, OpenAI-Beta, X-Stainless-Lang, X-Stainless-Package-Version, X-Stainless-OS, X-Stainless-Arch, X-Stainless-Runtime, X-Stainless-Runtime-Version, X-Stainless-Retry-Count, X-Stainless-Timeout"),
@@ -178,9 +189,10 @@ pub fn origin_allowed(origin: &str, allowed: &[String]) -> bool {
         match pattern.strip_suffix(":*") {
             Some(base) => {
                 origin == base
-                    || origin.strip_prefix(base).and_then(|rest| rest.strip_prefix(':')).is_some_and(|port| {
-                        !port.is_empty() && port.chars().all(|c| c.is_ascii_digit())
-                    })
+                    || origin
+                        .strip_prefix(base)
+                        .and_then(|rest| rest.strip_prefix(':'))
+                        .is_some_and(|port| !port.is_empty() && port.chars().all(|c| c.is_ascii_digit()))
             }
             None => false,
         }
@@ -231,11 +243,13 @@ async fn token_caller(api: &Api, secret: &str) -> Result<Caller, ApiError> {
             "invalid, revoked or expired token (see `hyperctl token list`)",
         )
     };
-    let row = sqlx::query("SELECT id, uid, secret_sha256, expires_at, models, revoked FROM tokens WHERE secret_sha256 = ?")
-        .bind(&hash)
-        .fetch_optional(&api.shared.db)
-        .await
-        .map_err(|e| ApiError::from(crate::error::Error::from(e)))?;
+    let row = sqlx::query(
+        "SELECT id, uid, secret_sha256, expires_at, models, revoked FROM tokens WHERE secret_sha256 = ?",
+    )
+    .bind(&hash)
+    .fetch_optional(&api.shared.db)
+    .await
+    .map_err(|e| ApiError::from(crate::error::Error::from(e)))?;
     let Some(row) = row else { return Err(rejected()) };
     let stored: String = row.get(2);
     if !bool::from(stored.as_bytes().ct_eq(hash.as_bytes())) {
@@ -252,7 +266,11 @@ async fn token_caller(api: &Api, secret: &str) -> Result<Caller, ApiError> {
     let models: Vec<String> = serde_json::from_str(row.get::<&str, _>(4)).unwrap_or_default();
     let db = api.shared.db.clone();
     tokio::spawn(async move {
-        let _ = sqlx::query("UPDATE tokens SET last_used_at = ? WHERE id = ?").bind(now()).bind(&id).execute(&db).await;
+        let _ = sqlx::query("UPDATE tokens SET last_used_at = ? WHERE id = ?")
+            .bind(now())
+            .bind(&id)
+            .execute(&db)
+            .await;
     });
     let mut caller = local_caller(api, uid, None, None);
     caller.models = models;
@@ -273,10 +291,26 @@ mod tests {
     fn rebinding_hosts_are_refused() {
         let config = HttpConfig::default();
         let own: Vec<SocketAddr> = vec!["127.0.0.1:11434".parse().unwrap(), "[::1]:11434".parse().unwrap()];
-        for ok in ["localhost:11434", "127.0.0.1:11434", "[::1]:11434", "LOCALHOST", "app.localhost:8080", "localhost."] {
+        for ok in [
+            "localhost:11434",
+            "127.0.0.1:11434",
+            "[::1]:11434",
+            "LOCALHOST",
+            "app.localhost:8080",
+            "localhost.",
+        ] {
             assert!(host_allowed(&headers(ok), &config, &own), "{ok}");
         }
-        for bad in ["evil.example", "evil.example:11434", "", ":11434", "localhost.evil.example", "127.0.0.2:11434", "[::1", "a b"] {
+        for bad in [
+            "evil.example",
+            "evil.example:11434",
+            "",
+            ":11434",
+            "localhost.evil.example",
+            "127.0.0.2:11434",
+            "[::1",
+            "a b",
+        ] {
             assert!(!host_allowed(&headers(bad), &config, &own), "{bad}");
         }
         assert!(!host_allowed(&HeaderMap::new(), &config, &own), "no Host header");
@@ -287,10 +321,17 @@ mod tests {
     #[test]
     fn origins() {
         let allowed = HttpConfig::default().cors_origins;
-        for ok in ["http://localhost", "http://localhost:3000", "https://127.0.0.1:8443", "http://[::1]:5173"] {
+        for ok in ["http://localhost", "http://localhost:3000", "https://127.0.0.1:8443", "http://[::1]:5173"]
+        {
             assert!(origin_allowed(ok, &allowed), "{ok}");
         }
-        for bad in ["https://evil.example", "http://localhost.evil.example", "http://localhost:3000.evil", "null", "http://localhost:"] {
+        for bad in [
+            "https://evil.example",
+            "http://localhost.evil.example",
+            "http://localhost:3000.evil",
+            "null",
+            "http://localhost:",
+        ] {
             assert!(!origin_allowed(bad, &allowed), "{bad}");
         }
         assert!(origin_allowed("https://x.example", &["*".to_string()]));

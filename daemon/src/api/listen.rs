@@ -109,11 +109,13 @@ pub fn bind(addrs: &[SocketAddr], activated: Vec<OwnedFd>) -> Result<Listeners> 
 
 fn adopt(fd: OwnedFd, listeners: &mut Listeners) -> Result<()> {
     use nix::sys::socket::{AddressFamily, SockaddrLike, SockaddrStorage, getsockname};
-    let local: SockaddrStorage =
-        getsockname(std::os::fd::AsRawFd::as_raw_fd(&fd)).map_err(|e| Error::Internal(format!("getsockname: {e}")))?;
+    let local: SockaddrStorage = getsockname(std::os::fd::AsRawFd::as_raw_fd(&fd))
+        .map_err(|e| Error::Internal(format!("getsockname: {e}")))?;
     match local.family() {
         Some(AddressFamily::Unix) => {
-            listeners.unix.push(UnixSpec { listener: std::os::unix::net::UnixListener::from(fd), owner: None });
+            listeners
+                .unix
+                .push(UnixSpec { listener: std::os::unix::net::UnixListener::from(fd), owner: None });
         }
         Some(AddressFamily::Inet | AddressFamily::Inet6) => {
             let listener = std::net::TcpListener::from(fd);
@@ -121,7 +123,9 @@ fn adopt(fd: OwnedFd, listeners: &mut Listeners) -> Result<()> {
             listeners.tcp.push(TcpSpec { listener, loopback: peer::is_loopback(addr.ip()) });
         }
         other => {
-            return Err(Error::InvalidArgument(format!("activated http socket has unsupported family {other:?}")));
+            return Err(Error::InvalidArgument(format!(
+                "activated http socket has unsupported family {other:?}"
+            )));
         }
     }
     Ok(())

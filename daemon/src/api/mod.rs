@@ -116,9 +116,10 @@ pub async fn serve(listeners: Listeners, shared: Arc<Shared>, stop: Cancellation
         return Err(Error::Internal("the HTTP server was started twice".into()));
     }
     for spec in listeners.tcp {
-        let addr = spec.listener.local_addr().ok();
+        if let Ok(addr) = spec.listener.local_addr() {
+            tracing::info!(%addr, tokens_required = !spec.loopback, "HTTP listening");
+        }
         let listener = OwnedTcpListener::new(spec)?;
-        tracing::info!(addr = ?addr, "HTTP listening");
         server.spawn_tcp(listener);
     }
     for spec in listeners.unix {
@@ -192,7 +193,11 @@ async fn request_id(request: Request, next: Next) -> Response {
         .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        })
         .map(str::to_string);
     let id = given.unwrap_or_else(|| {
         format!("req-{:x}-{:x}", std::process::id(), NEXT_REQUEST.fetch_add(1, Ordering::Relaxed))
@@ -220,7 +225,8 @@ async fn health(State(api): State<Arc<Api>>) -> Response {
     if api.shared.lifecycle.accepting() {
         (StatusCode::OK, axum::Json(serde_json::json!({"status": "ok"}))).into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"status": "draining"}))).into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(serde_json::json!({"status": "draining"})))
+            .into_response()
     }
 }
 
@@ -231,7 +237,14 @@ async fn metrics(State(api): State<Arc<Api>>) -> Response {
 
 async fn not_found(request: Request) -> Response {
     let path = request.uri().path().to_string();
-    ApiError::new(StatusCode::NOT_FOUND, format!("no route {} {path}", request.method())).into_dialect(Dialect::of_path(&path))
+    ApiError::new(StatusCode::NOT_FOUND, format!("no route {} {path}", request.method()))
+        .into_dialect(Dialect::of_path(&path))
+}
+
+/// The metrics label for a model: its name as listings show it ("gemma3" → "gemma3:latest").
+pub(crate) fn model_label(api: &Api, model: &str) -> String {
+    let store = &api.shared.store;
+    store.parse_name(model).map_or_else(|_| model.to_string(), |n| n.display(store.default_host()))
 }
 
 /// The metrics label for a caller: the user name with per-user metrics on, else none.

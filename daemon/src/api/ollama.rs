@@ -44,7 +44,12 @@ pub async fn version() -> Response {
 /// `keep_alive`: seconds (a number, or a string of one) or a Go-style duration ("5m", "1h30m",
 /// "-1m"); negative keeps the model loaded until unloaded.
 pub fn keep_alive(value: Option<&Value>) -> Result<Option<i64>, ApiError> {
-    let bad = || ApiError::bad_param("keep_alive", "keep_alive must be a duration such as \"5m\" or a number of seconds");
+    let bad = || {
+        ApiError::bad_param(
+            "keep_alive",
+            "keep_alive must be a duration such as \"5m\" or a number of seconds",
+        )
+    };
     match value {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => {
@@ -83,7 +88,9 @@ pub fn options(value: Option<&Value>) -> Result<Option<pb::Options>, ApiError> {
     };
     let mut o = pb::Options::default();
     for (key, v) in map {
-        let bad = || ApiError::bad_param(&format!("options.{key}"), format!("option {key} has the wrong type: {v}"));
+        let bad = || {
+            ApiError::bad_param(&format!("options.{key}"), format!("option {key} has the wrong type: {v}"))
+        };
         #[allow(clippy::cast_possible_truncation)]
         let f = || v.as_f64().map(|x| x as f32).ok_or_else(bad);
         let i = || v.as_i64().and_then(|x| i32::try_from(x).ok()).ok_or_else(bad);
@@ -103,9 +110,10 @@ pub fn options(value: Option<&Value>) -> Result<Option<pb::Options>, ApiError> {
             "stop" => {
                 o.stop = match v {
                     Value::String(s) => vec![s.clone()],
-                    Value::Array(items) => {
-                        items.iter().map(|s| s.as_str().map(str::to_string).ok_or_else(bad)).collect::<Result<_, _>>()?
-                    }
+                    Value::Array(items) => items
+                        .iter()
+                        .map(|s| s.as_str().map(str::to_string).ok_or_else(bad))
+                        .collect::<Result<_, _>>()?,
                     Value::Null => Vec::new(),
                     _ => return Err(bad()),
                 }
@@ -123,7 +131,10 @@ pub fn format(value: Option<&Value>) -> Result<String, ApiError> {
         Some(Value::String(s)) if s.is_empty() => Ok(String::new()),
         Some(Value::String(s)) if s == "json" => Ok("json".into()),
         Some(schema @ Value::Object(_)) => Ok(schema.to_string()),
-        Some(other) => Err(ApiError::bad_param("format", format!("format must be \"json\" or a JSON schema, not {other}"))),
+        Some(other) => Err(ApiError::bad_param(
+            "format",
+            format!("format must be \"json\" or a JSON schema, not {other}"),
+        )),
     }
 }
 
@@ -133,7 +144,10 @@ pub fn think(value: Option<&Value>) -> Result<Option<bool>, ApiError> {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
         Some(Value::String(s)) if matches!(s.as_str(), "low" | "medium" | "high") => Ok(Some(true)),
-        Some(other) => Err(ApiError::bad_param("think", format!("think must be true, false, \"low\", \"medium\" or \"high\", not {other}"))),
+        Some(other) => Err(ApiError::bad_param(
+            "think",
+            format!("think must be true, false, \"low\", \"medium\" or \"high\", not {other}"),
+        )),
     }
 }
 
@@ -314,7 +328,9 @@ pub async fn generate(
     }
     if !body.images.is_empty() {
         images(&body.images)?;
-        return Err(ApiError::bad_param("images", format!("{model} has no vision support; send text only")).into());
+        return Err(
+            ApiError::bad_param("images", format!("{model} has no vision support; send text only")).into()
+        );
     }
     let think = think_checked(&api, &model, body.think.as_ref()).await?;
     let request = pb::GenerateRequest {
@@ -333,11 +349,13 @@ pub async fn generate(
     let guard = api.shared.lifecycle.begin().map_err(ApiError::from)?;
     let stream = inference::generate(Arc::clone(&api.shared), caller.who.clone(), guard, request);
     let user = metrics_user(&api, &caller);
-    let events = start(stream, &model, user.as_deref(), started).await?;
+    let events = start(stream, &super::model_label(&api, &model), user.as_deref(), started).await?;
     if body.stream.unwrap_or(true) {
         return Ok(ndjson(events.map(move |event| match event {
             Ok(Event::Text { text, thinking }) => generate_line(&model, text, thinking),
-            Ok(Event::Done { reason, stats }) => generate_done(&model, reason, &stats, String::new(), String::new()),
+            Ok(Event::Done { reason, stats }) => {
+                generate_done(&model, reason, &stats, String::new(), String::new())
+            }
             Err(e) => e.stream_body(super::error::Dialect::Ollama),
         })));
     }
@@ -384,7 +402,12 @@ pub async fn collect(mut events: Events) -> Result<(String, String, String, pb::
 
 /// An empty prompt loads the model (`done_reason: "load"`); with `keep_alive: 0` it lets the
 /// model go once idle (`"unload"`), as a request with that keep_alive would.
-async fn load_or_unload(api: &Api, caller: &Caller, model: &str, keep_alive: Option<i64>) -> Result<&'static str, ApiError> {
+async fn load_or_unload(
+    api: &Api,
+    caller: &Caller,
+    model: &str,
+    keep_alive: Option<i64>,
+) -> Result<&'static str, ApiError> {
     let _guard = api.shared.lifecycle.begin()?;
     tracing::debug!(user = %caller.who.user, model, ?keep_alive, "load request");
     if keep_alive == Some(0) {
@@ -392,7 +415,8 @@ async fn load_or_unload(api: &Api, caller: &Caller, model: &str, keep_alive: Opt
         api.shared.residency.keep(&resolved.digest, 0);
         return Ok("unload");
     }
-    let request = pb::LoadRequest { model: model.to_string(), keep_alive_seconds: keep_alive, ..Default::default() };
+    let request =
+        pb::LoadRequest { model: model.to_string(), keep_alive_seconds: keep_alive, ..Default::default() };
     inference::load(&api.shared, request).await?;
     Ok("load")
 }
@@ -456,7 +480,11 @@ pub async fn chat(
                 content: m.content.unwrap_or_default(),
                 images: images(&m.images)?,
                 thinking: m.thinking.unwrap_or_default(),
-                tool_calls_json: m.tool_calls.filter(|v| !v.is_null()).map(|v| v.to_string()).unwrap_or_default(),
+                tool_calls_json: m
+                    .tool_calls
+                    .filter(|v| !v.is_null())
+                    .map(|v| v.to_string())
+                    .unwrap_or_default(),
                 tool_name: m.tool_name.unwrap_or_default(),
             })
         })
@@ -476,7 +504,7 @@ pub async fn chat(
     let guard = api.shared.lifecycle.begin().map_err(ApiError::from)?;
     let stream = inference::chat(Arc::clone(&api.shared), caller.who.clone(), guard, request);
     let user = metrics_user(&api, &caller);
-    let events = start(stream, &model, user.as_deref(), started).await?;
+    let events = start(stream, &super::model_label(&api, &model), user.as_deref(), started).await?;
     if body.stream.unwrap_or(true) {
         let mut sniffer = ToolSniffer::new(has_tools);
         let lines = events.flat_map(move |event| {
@@ -536,7 +564,14 @@ fn chat_line(model: &str, content: &str, thinking: &str, calls: Option<&[ToolCal
     json!({"model": model, "created_at": now_rfc3339(), "message": chat_message(content, thinking, calls), "done": false})
 }
 
-fn chat_done(model: &str, content: &str, thinking: &str, calls: Option<&[ToolCall]>, reason: String, stats: &pb::Stats) -> Value {
+fn chat_done(
+    model: &str,
+    content: &str,
+    thinking: &str,
+    calls: Option<&[ToolCall]>,
+    reason: String,
+    stats: &pb::Stats,
+) -> Value {
     let mut out = serde_json::Map::new();
     out.insert("model".into(), json!(model));
     out.insert("created_at".into(), json!(now_rfc3339()));
@@ -573,9 +608,19 @@ pub async fn run_embed(
 ) -> Result<pb::EmbedResponse, ApiError> {
     caller.check_model(model)?;
     let _guard = api.shared.lifecycle.begin()?;
-    let request = pb::EmbedRequest { model: model.to_string(), input, truncate, keep_alive_seconds: keep_alive, dimensions };
+    let request = pb::EmbedRequest {
+        model: model.to_string(),
+        input,
+        truncate,
+        keep_alive_seconds: keep_alive,
+        dimensions,
+    };
     let out = inference::embed(&api.shared, &caller.who, request).await?;
-    crate::metrics::embedded(model, metrics_user(api, caller).as_deref(), out.prompt_eval_count);
+    crate::metrics::embedded(
+        &super::model_label(api, model),
+        metrics_user(api, caller).as_deref(),
+        out.prompt_eval_count,
+    );
     Ok(out)
 }
 
@@ -597,14 +642,25 @@ pub async fn embed(
                 _ => Err(ApiError::bad_param("input", "input must be a string or an array of strings")),
             })
             .collect::<Result<_, _>>()?,
-        Some(_) => return Err(ApiError::bad_param("input", "input must be a string or an array of strings").into()),
+        Some(_) => {
+            return Err(ApiError::bad_param("input", "input must be a string or an array of strings").into());
+        }
     };
     let keep_alive = keep_alive(body.keep_alive.as_ref())?;
     if input.is_empty() {
         load_or_unload(&api, &caller, &model, keep_alive).await?;
         return Ok(axum::Json(json!({"model": model, "embeddings": []})).into_response());
     }
-    let out = run_embed(&api, &caller, &model, input, body.truncate.unwrap_or(true), keep_alive, body.dimensions.unwrap_or(0)).await?;
+    let out = run_embed(
+        &api,
+        &caller,
+        &model,
+        input,
+        body.truncate.unwrap_or(true),
+        keep_alive,
+        body.dimensions.unwrap_or(0),
+    )
+    .await?;
     Ok(axum::Json(json!({
         "model": model,
         "embeddings": out.embeddings.iter().map(|e| &e.values).collect::<Vec<_>>(),
@@ -653,7 +709,8 @@ pub async fn ps(State(api): State<Arc<Api>>, Extension(_caller): Extension<Calle
         .models
         .iter()
         .map(|m| {
-            let expires = if m.expires_at == 0 { "2318-08-28T00:00:00Z".to_string() } else { rfc3339(m.expires_at) };
+            let expires =
+                if m.expires_at == 0 { "2318-08-28T00:00:00Z".to_string() } else { rfc3339(m.expires_at) };
             json!({
                 "name": m.name,
                 "model": m.name,
@@ -691,9 +748,11 @@ mod tests {
 
     #[test]
     fn options_map_and_reject_bad_types() {
-        let o = options(Some(&json!({"temperature": 0, "num_predict": 5, "stop": ["\n"], "seed": 42, "num_gpu": 99})))
-            .unwrap()
-            .unwrap();
+        let o = options(Some(
+            &json!({"temperature": 0, "num_predict": 5, "stop": ["\n"], "seed": 42, "num_gpu": 99}),
+        ))
+        .unwrap()
+        .unwrap();
         assert_eq!((o.temperature, o.num_predict, o.seed), (Some(0.0), Some(5), Some(42)));
         assert_eq!(o.stop, vec!["\n"]);
         let err = options(Some(&json!({"temperature": "hot"}))).unwrap_err();

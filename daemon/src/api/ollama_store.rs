@@ -173,7 +173,12 @@ fn progress_json(p: &Progress) -> Value {
 
 /// Runs a pull or create on its own task: NDJSON progress, or (not streaming) the final status.
 /// The task stops when the client goes away or the drain times out.
-async fn progress_response<F>(api: &Api, guard: crate::lifecycle::WorkGuard, stream: bool, work: F) -> Result<Response>
+async fn progress_response<F>(
+    api: &Api,
+    guard: crate::lifecycle::WorkGuard,
+    stream: bool,
+    work: F,
+) -> Result<Response>
 where
     F: FnOnce(store::ProgressSink) -> futures::future::BoxFuture<'static, Result<(), Error>>,
 {
@@ -237,7 +242,9 @@ pub async fn pull(
     let who = requester(&caller);
     let insecure = body.insecure;
     progress_response(&api, guard, body.stream.unwrap_or(true), move |progress| {
-        Box::pin(async move { store::pull::pull(&store, &config.store, &model, insecure, &who, &progress).await })
+        Box::pin(
+            async move { store::pull::pull(&store, &config.store, &model, insecure, &who, &progress).await },
+        )
     })
     .await
 }
@@ -248,7 +255,9 @@ fn may_pull(api: &Api, caller: &Caller, model: &str) -> Result<(), ApiError> {
         return Ok(());
     }
     let groups = &api.shared.config().store.pull_groups;
-    if !caller.anonymous && groups.iter().any(|g| crate::control::store_rpc::in_group(caller.who.uid, None, g)) {
+    if !caller.anonymous
+        && groups.iter().any(|g| crate::control::store_rpc::in_group(caller.who.uid, None, g))
+    {
         return Ok(());
     }
     let shown = store::name::shorten(model);
@@ -311,8 +320,12 @@ fn instructions(body: &CreateBody) -> Result<(Vec<Instruction>, Vec<UploadedFile
     let digest = |name: &str, d: &str| {
         Digest::parse(d).map_err(|e| ApiError::bad_param("files", format!("{name}: {e}")))
     };
-    let gguf: Vec<(&String, &String)> =
-        body.files.iter().flatten().filter(|(name, _)| name.to_ascii_lowercase().ends_with(".gguf")).collect();
+    let gguf: Vec<(&String, &String)> = body
+        .files
+        .iter()
+        .flatten()
+        .filter(|(name, _)| name.to_ascii_lowercase().ends_with(".gguf"))
+        .collect();
     let any_files = body.files.as_ref().is_some_and(|f| !f.is_empty());
     match (&body.from, gguf.as_slice()) {
         (Some(from), []) if !any_files => out.push(Instruction::From(from.clone())),
@@ -322,10 +335,22 @@ fn instructions(body: &CreateBody) -> Result<(Vec<Instruction>, Vec<UploadedFile
         }
         (Some(_), _) => return Err(ApiError::bad_request("give either `from` or `files`, not both")),
         (None, []) if any_files => {
-            return Err(ApiError::bad_param("files", "only GGUF files are supported (safetensors directories are not)"));
+            return Err(ApiError::bad_param(
+                "files",
+                "only GGUF files are supported (safetensors directories are not)",
+            ));
         }
-        (None, []) => return Err(ApiError::bad_request("a model needs `from` (a model name) or `files` (an uploaded GGUF)")),
-        (None, _) => return Err(ApiError::bad_param("files", "give exactly one GGUF file (split GGUF files are not supported)")),
+        (None, []) => {
+            return Err(ApiError::bad_request(
+                "a model needs `from` (a model name) or `files` (an uploaded GGUF)",
+            ));
+        }
+        (None, _) => {
+            return Err(ApiError::bad_param(
+                "files",
+                "give exactly one GGUF file (split GGUF files are not supported)",
+            ));
+        }
     }
     for (name, d) in body.adapters.iter().flatten() {
         let index = files.len();
@@ -347,7 +372,12 @@ fn instructions(body: &CreateBody) -> Result<(Vec<Instruction>, Vec<UploadedFile
             let text = match v {
                 Value::String(s) => s.clone(),
                 Value::Number(_) | Value::Bool(_) => v.to_string(),
-                _ => return Err(ApiError::bad_param("parameters", format!("parameter {key} must be a string, number or bool"))),
+                _ => {
+                    return Err(ApiError::bad_param(
+                        "parameters",
+                        format!("parameter {key} must be a string, number or bool"),
+                    ));
+                }
             };
             out.push(Instruction::Parameter(key.clone(), text));
         }
@@ -365,25 +395,37 @@ fn instructions(body: &CreateBody) -> Result<(Vec<Instruction>, Vec<UploadedFile
                 out.push(Instruction::License(l.as_str().unwrap_or_default().to_string()));
             }
         }
-        Some(_) => return Err(ApiError::bad_param("license", "license must be a string or an array of strings")),
+        Some(_) => {
+            return Err(ApiError::bad_param("license", "license must be a string or an array of strings"));
+        }
     }
     Ok((out, files))
 }
 
 /// The uploaded blobs as the upload stream `create` reads (the daemon's own blob files, never a
 /// path a client named).
-fn uploads(api: &Api, files: Vec<UploadedFile>) -> Result<futures::stream::BoxStream<'static, crate::error::Result<Upload>>, ApiError> {
+fn uploads(
+    api: &Api,
+    files: Vec<UploadedFile>,
+) -> Result<futures::stream::BoxStream<'static, crate::error::Result<Upload>>, ApiError> {
     let layout = api.shared.store.layout().clone();
     let mut opened = Vec::new();
     for (index, f) in files.into_iter().enumerate() {
         let path = layout.blob(&f.digest);
         let size = std::fs::metadata(&path).map(|m| m.len()).map_err(|_| {
-            ApiError::bad_param("files", format!("{}: blob {} was not uploaded (POST /api/blobs/{} first)", f.name, f.digest, f.digest))
+            ApiError::bad_param(
+                "files",
+                format!(
+                    "{}: blob {} was not uploaded (POST /api/blobs/{} first)",
+                    f.name, f.digest, f.digest
+                ),
+            )
         })?;
         opened.push((u32::try_from(index).unwrap_or(u32::MAX), size, f.name, path));
     }
     let stream = futures::stream::iter(opened).flat_map(|(index, size, name, path)| {
-        let start = futures::stream::once(async move { Ok(Upload::Start { index, size, display_name: name }) });
+        let start =
+            futures::stream::once(async move { Ok(Upload::Start { index, size, display_name: name }) });
         let chunks = futures::stream::unfold(Some((path, None::<tokio::fs::File>)), |state| async move {
             let (path, file) = state?;
             let mut file = match file {
@@ -433,12 +475,15 @@ pub async fn create(
         }
     };
     let store = Arc::clone(&api.shared.store);
-    let prepared = store::create::prepare(&store, &model, &text, body.quantize.as_deref().unwrap_or("")).await?;
+    let prepared =
+        store::create::prepare(&store, &model, &text, body.quantize.as_deref().unwrap_or("")).await?;
     let uploads = uploads(&api, files)?;
     let config = api.shared.config();
     let who = requester(&caller);
     progress_response(&api, guard, body.stream.unwrap_or(true), move |progress| {
-        Box::pin(async move { store::create::create(&store, &config.store, prepared, uploads, &who, &progress).await })
+        Box::pin(async move {
+            store::create::create(&store, &config.store, prepared, uploads, &who, &progress).await
+        })
     })
     .await
 }
@@ -545,7 +590,7 @@ mod tests {
         let d = format!("sha256:{}", "a".repeat(64));
         let (ins, files) = instructions(&body(json!({
             "model": "m", "files": {"m.gguf": d}, "system": "be brief",
-            "parameters": {"temperature": 0.2, "stop": ["<end>", "\n\n"]},
+            "parameters": {"temperature": 0.2, "stop": ["<end>", "User:"]},
             "messages": [{"role": "user", "content": "hi"}], "license": "MIT",
         })))
         .unwrap();

@@ -68,9 +68,15 @@ impl Sampling {
             Some(Value::String(s)) => vec![s.clone()],
             Some(Value::Array(items)) => items
                 .iter()
-                .map(|v| v.as_str().map(str::to_string).ok_or_else(|| ApiError::bad_param("stop", "stop must be a string or an array of strings")))
+                .map(|v| {
+                    v.as_str().map(str::to_string).ok_or_else(|| {
+                        ApiError::bad_param("stop", "stop must be a string or an array of strings")
+                    })
+                })
                 .collect::<Result<_, _>>()?,
-            Some(_) => return Err(ApiError::bad_param("stop", "stop must be a string or an array of strings")),
+            Some(_) => {
+                return Err(ApiError::bad_param("stop", "stop must be a string or an array of strings"));
+            }
         };
         let max = self.max_completion_tokens.or(self.max_tokens);
         if max.is_some_and(|m| m < 1) {
@@ -114,14 +120,16 @@ fn response_format(value: Option<&Value>) -> Result<String, ApiError> {
         Some("text") => Ok(String::new()),
         Some("json_object") => Ok("json".into()),
         Some("json_schema") => {
-            let schema = value
-                .get("json_schema")
-                .and_then(|s| s.get("schema"))
-                .filter(|s| s.is_object())
-                .ok_or_else(|| ApiError::bad_param("response_format", "json_schema.schema must be an object"))?;
+            let schema =
+                value.get("json_schema").and_then(|s| s.get("schema")).filter(|s| s.is_object()).ok_or_else(
+                    || ApiError::bad_param("response_format", "json_schema.schema must be an object"),
+                )?;
             Ok(schema.to_string())
         }
-        _ => Err(ApiError::bad_param("response_format", "response_format.type must be text, json_object or json_schema")),
+        _ => Err(ApiError::bad_param(
+            "response_format",
+            "response_format.type must be text, json_object or json_schema",
+        )),
     }
 }
 
@@ -174,17 +182,22 @@ fn content(value: Option<Value>) -> Result<(String, Vec<Vec<u8>>), ApiError> {
                             .and_then(|u| u.get("url").or(Some(u)))
                             .and_then(Value::as_str)
                             .unwrap_or("");
-                        let Some((_, data)) = url.strip_prefix("data:").and_then(|d| d.split_once("base64,")) else {
-                            return Err(ApiError::bad_param("messages", "images must be data: URLs (base64); URLs are not fetched"));
+                        let Some((_, data)) = url.strip_prefix("data:").and_then(|d| d.split_once("base64,"))
+                        else {
+                            return Err(ApiError::bad_param(
+                                "messages",
+                                "images must be data: URLs (base64); URLs are not fetched",
+                            ));
                         };
-                        images.push(
-                            base64::engine::general_purpose::STANDARD
-                                .decode(data)
-                                .map_err(|_| ApiError::bad_param("messages", "image data is not valid base64"))?,
-                        );
+                        images.push(base64::engine::general_purpose::STANDARD.decode(data).map_err(
+                            |_| ApiError::bad_param("messages", "image data is not valid base64"),
+                        )?);
                     }
                     other => {
-                        return Err(ApiError::bad_param("messages", format!("content part type {other:?} is not supported")));
+                        return Err(ApiError::bad_param(
+                            "messages",
+                            format!("content part type {other:?} is not supported"),
+                        ));
                     }
                 }
             }
@@ -248,7 +261,11 @@ pub async fn chat_completions(
             tool_name,
         });
     }
-    let tools = if body.tool_choice.as_ref().and_then(Value::as_str) == Some("none") { None } else { body.tools.as_ref() };
+    let tools = if body.tool_choice.as_ref().and_then(Value::as_str) == Some("none") {
+        None
+    } else {
+        body.tools.as_ref()
+    };
     let tools_json = tools_json(tools)?;
     let has_tools = !tools_json.is_empty();
     if body.logprobs == Some(true) {
@@ -266,7 +283,7 @@ pub async fn chat_completions(
     let guard = api.shared.lifecycle.begin().map_err(ApiError::from)?;
     let stream = inference::chat(Arc::clone(&api.shared), caller.who.clone(), guard, request);
     let user = metrics_user(&api, &caller);
-    let events = start(stream, &body.model, user.as_deref(), started).await?;
+    let events = start(stream, &super::model_label(&api, &body.model), user.as_deref(), started).await?;
     let (id, created, model) = (new_id("chatcmpl"), unix_now(), body.model);
     if body.stream {
         let include_usage = body.stream_options.is_some_and(|o| o.include_usage);
@@ -304,14 +321,23 @@ pub async fn chat_completions(
                     let calls = match sniffer.finish() {
                         Ok(calls) => {
                             let call_id = new_id("call");
-                            let values: Vec<Value> =
-                                calls.iter().enumerate().map(|(i, c)| c.openai(i, &format!("{call_id}_{i}"))).collect();
-                            out.push(Sse::Data(chunk(json!({"role": "assistant", "tool_calls": values}), None)));
+                            let values: Vec<Value> = calls
+                                .iter()
+                                .enumerate()
+                                .map(|(i, c)| c.openai(i, &format!("{call_id}_{i}")))
+                                .collect();
+                            out.push(Sse::Data(chunk(
+                                json!({"role": "assistant", "tool_calls": values}),
+                                None,
+                            )));
                             true
                         }
                         Err(held) => {
                             if !held.is_empty() {
-                                out.push(Sse::Data(chunk(json!({"role": "assistant", "content": held}), None)));
+                                out.push(Sse::Data(chunk(
+                                    json!({"role": "assistant", "content": held}),
+                                    None,
+                                )));
                             }
                             false
                         }
@@ -336,14 +362,16 @@ pub async fn chat_completions(
     }
     let (text, thinking, reason, stats) = collect(events).await?;
     let calls: Option<Vec<ToolCall>> = if has_tools { super::tools::parse(&text) } else { None };
-    let mut message = json!({"role": "assistant", "content": if calls.is_some() { Value::Null } else { json!(text) }});
+    let mut message =
+        json!({"role": "assistant", "content": if calls.is_some() { Value::Null } else { json!(text) }});
     if !thinking.is_empty() {
         message["reasoning"] = json!(thinking);
     }
     if let Some(calls) = &calls {
         let call_id = new_id("call");
-        message["tool_calls"] =
-            Value::Array(calls.iter().enumerate().map(|(i, c)| c.openai(i, &format!("{call_id}_{i}"))).collect());
+        message["tool_calls"] = Value::Array(
+            calls.iter().enumerate().map(|(i, c)| c.openai(i, &format!("{call_id}_{i}"))).collect(),
+        );
     }
     Ok(axum::Json(json!({
         "id": id, "object": "chat.completion", "created": created, "model": model,
@@ -384,8 +412,14 @@ pub async fn completions(
     caller.check_model(&body.model)?;
     let prompt = match body.prompt {
         Value::String(s) => s,
-        Value::Array(items) if items.len() == 1 && items[0].is_string() => items[0].as_str().unwrap_or("").to_string(),
-        _ => return Err(ApiError::bad_param("prompt", "prompt must be a string (one prompt per request)").into()),
+        Value::Array(items) if items.len() == 1 && items[0].is_string() => {
+            items[0].as_str().unwrap_or("").to_string()
+        }
+        _ => {
+            return Err(
+                ApiError::bad_param("prompt", "prompt must be a string (one prompt per request)").into()
+            );
+        }
     };
     let request = pb::GenerateRequest {
         model: body.model.clone(),
@@ -397,7 +431,7 @@ pub async fn completions(
     let guard = api.shared.lifecycle.begin().map_err(ApiError::from)?;
     let stream = inference::generate(Arc::clone(&api.shared), caller.who.clone(), guard, request);
     let user = metrics_user(&api, &caller);
-    let events = start(stream, &body.model, user.as_deref(), started).await?;
+    let events = start(stream, &super::model_label(&api, &body.model), user.as_deref(), started).await?;
     let (id, created, model) = (new_id("cmpl"), unix_now(), body.model);
     let echo = if body.echo { prompt } else { String::new() };
     if body.stream {
@@ -475,18 +509,28 @@ pub async fn embeddings(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
     let body: EmbeddingsBody = json_body(body)?;
-    let bad = || ApiError::bad_param("input", "input must be a string or an array of strings (token arrays are not supported)");
+    let bad = || {
+        ApiError::bad_param(
+            "input",
+            "input must be a string or an array of strings (token arrays are not supported)",
+        )
+    };
     let input: Vec<String> = match body.input {
         Value::String(s) => vec![s],
-        Value::Array(items) if !items.is_empty() => {
-            items.into_iter().map(|v| v.as_str().map(str::to_string).ok_or_else(bad)).collect::<Result<_, _>>()?
-        }
+        Value::Array(items) if !items.is_empty() => items
+            .into_iter()
+            .map(|v| v.as_str().map(str::to_string).ok_or_else(bad))
+            .collect::<Result<_, _>>()?,
         _ => return Err(bad().into()),
     };
     let base64 = match body.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
-        Some(_) => return Err(ApiError::bad_param("encoding_format", "encoding_format must be float or base64").into()),
+        Some(_) => {
+            return Err(
+                ApiError::bad_param("encoding_format", "encoding_format must be float or base64").into()
+            );
+        }
     };
     let out = run_embed(&api, &caller, &body.model, input, true, None, body.dimensions.unwrap_or(0)).await?;
     let data: Vec<Value> = out
@@ -516,14 +560,16 @@ pub async fn embeddings(
 // /v1/models
 
 fn model_object(m: &super::ollama_store::ModelEntry) -> Value {
-    let owner = m.name.rsplit_once('/').map_or("library", |(ns, _)| ns.rsplit('/').next().unwrap_or("library"));
+    let owner =
+        m.name.rsplit_once('/').map_or("library", |(ns, _)| ns.rsplit('/').next().unwrap_or("library"));
     json!({"id": m.name, "object": "model", "created": m.modified_at, "owned_by": owner})
 }
 
 /// `GET /v1/models`.
 pub async fn models(State(api): State<Arc<Api>>, Extension(caller): Extension<Caller>) -> Result<Response> {
     let models = super::ollama_store::list(&api, &caller).await?;
-    Ok(axum::Json(json!({"object": "list", "data": models.iter().map(model_object).collect::<Vec<_>>()})).into_response())
+    Ok(axum::Json(json!({"object": "list", "data": models.iter().map(model_object).collect::<Vec<_>>()}))
+        .into_response())
 }
 
 /// `GET /v1/models/{id}`.
@@ -533,7 +579,11 @@ pub async fn model(
     Path(id): Path<String>,
 ) -> Result<Response> {
     let models = super::ollama_store::list(&api, &caller).await?;
-    let wanted = if id.rsplit('/').next().is_some_and(|l| l.contains(':')) { id.clone() } else { format!("{id}:latest") };
+    let wanted = if id.rsplit('/').next().is_some_and(|l| l.contains(':')) {
+        id.clone()
+    } else {
+        format!("{id}:latest")
+    };
     match models.iter().find(|m| m.name == id || m.name == wanted) {
         Some(m) => Ok(axum::Json(model_object(m)).into_response()),
         None => Err(OpenAiError(ApiError {
@@ -561,19 +611,27 @@ mod tests {
     #[test]
     fn response_formats() {
         assert_eq!(response_format(Some(&json!({"type": "json_object"}))).unwrap(), "json");
-        let schema = json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}});
+        let schema =
+            json!({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}});
         assert_eq!(response_format(Some(&schema)).unwrap(), "{\"type\":\"object\"}");
         assert!(response_format(Some(&json!({"type": "yaml"}))).is_err());
     }
 
     #[test]
     fn content_parts_and_tool_calls() {
-        let (text, images) = content(Some(json!([{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]))).unwrap();
+        let (text, images) =
+            content(Some(json!([{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]))).unwrap();
         assert_eq!((text.as_str(), images.len()), ("ab", 0));
-        let (_, images) = content(Some(json!([{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]))).unwrap();
+        let (_, images) =
+            content(Some(json!([{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}])))
+                .unwrap();
         assert_eq!(images, vec![vec![0, 0, 0]]);
-        assert!(content(Some(json!([{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]))).is_err());
-        let (calls, names) = ollama_tool_calls(&[json!({"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}})]);
+        assert!(
+            content(Some(json!([{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]))).is_err()
+        );
+        let (calls, names) = ollama_tool_calls(&[
+            json!({"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}),
+        ]);
         assert_eq!(names, vec![("c1".to_string(), "f".to_string())]);
         assert_eq!(serde_json::from_str::<Value>(&calls).unwrap()[0]["function"]["arguments"]["a"], 1);
     }

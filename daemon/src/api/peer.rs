@@ -9,9 +9,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use netlink_packet_core::{NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use netlink_packet_sock_diag::SockDiagMessage;
 use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP};
 use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
-use netlink_packet_sock_diag::SockDiagMessage;
 use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 use netlink_sys::{Socket, SocketAddr as NetlinkAddr};
 
@@ -191,7 +191,9 @@ mod tests {
     fn proc_rows_parse_and_dead_sockets_are_nobody() {
         let header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
         let row = |uid: u32, inode: u64| {
-            format!("   1: 0100007F:A000 0100007F:2CAA 01 00000000:00000000 00:00000000 00000000  {uid}        0 {inode} 1 0 20 4 30 10 -1\n")
+            format!(
+                "   1: 0100007F:A000 0100007F:2CAA 01 00000000:00000000 00:00000000 00000000  {uid}        0 {inode} 1 0 20 4 30 10 -1\n"
+            )
         };
         let local: SocketAddr = "127.0.0.1:11434".parse().unwrap();
         let peer: SocketAddr = "127.0.0.1:40960".parse().unwrap();

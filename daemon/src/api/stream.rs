@@ -46,7 +46,10 @@ pub async fn first<T>(mut stream: RpcStream<T>) -> Result<(T, RpcStream<T>), Api
     match stream.next().await {
         Some(Ok(item)) => Ok((item, stream)),
         Some(Err(status)) => Err(status.into()),
-        None => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the model ended the request without an answer")),
+        None => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the model ended the request without an answer",
+        )),
     }
 }
 

@@ -110,11 +110,13 @@ mod tests {
 
     #[test]
     fn shapes_models_use() {
-        let hermes = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
+        let hermes =
+            "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
         assert_eq!(parse(hermes).unwrap()[0].arguments["city"], "Paris");
         let llama = r#"{"name": "f", "parameters": {"x": 1}}"#;
         assert_eq!(parse(llama).unwrap()[0].name, "f");
-        let mistral = r#"[TOOL_CALLS][{"name": "a", "arguments": "{\"y\": 2}"}, {"name": "b", "arguments": {}}]"#;
+        let mistral =
+            r#"[TOOL_CALLS][{"name": "a", "arguments": "{\"y\": 2}"}, {"name": "b", "arguments": {}}]"#;
         let calls = parse(mistral).unwrap();
         assert_eq!((calls.len(), calls[0].arguments["y"].as_i64()), (2, Some(2)));
         assert!(parse("Paris is sunny.").is_none());

@@ -43,7 +43,8 @@ impl UserSockets {
             return Ok(path);
         }
         if !self.dir.is_dir() {
-            std::fs::create_dir_all(&self.dir).map_err(Error::io(format!("create {}", self.dir.display())))?;
+            std::fs::create_dir_all(&self.dir)
+                .map_err(Error::io(format!("create {}", self.dir.display())))?;
             std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o755))
                 .map_err(Error::io(format!("set mode of {}", self.dir.display())))?;
         }
@@ -58,9 +59,13 @@ impl UserSockets {
                 if let Ok(meta) = std::fs::symlink_metadata(&path)
                     && !meta.file_type().is_socket()
                 {
-                    return Err(Error::InvalidArgument(format!("{} exists and is not a socket", path.display())));
+                    return Err(Error::InvalidArgument(format!(
+                        "{} exists and is not a socket",
+                        path.display()
+                    )));
                 }
-                std::fs::rename(&staging, &path).map_err(Error::io(format!("move the socket to {}", path.display())))
+                std::fs::rename(&staging, &path)
+                    .map_err(Error::io(format!("move the socket to {}", path.display())))
             });
         if let Err(error) = prepared {
             let _ = std::fs::remove_file(&staging);
@@ -136,7 +141,11 @@ fn acl_xattr(uid: u32, owner: u32) -> Vec<u8> {
     if uid != owner {
         entries.push((ACL_USER, RW, uid));
     }
-    entries.extend([(ACL_GROUP_OBJ, 0, ACL_UNDEFINED_ID), (ACL_MASK, RW, ACL_UNDEFINED_ID), (ACL_OTHER, 0, ACL_UNDEFINED_ID)]);
+    entries.extend([
+        (ACL_GROUP_OBJ, 0, ACL_UNDEFINED_ID),
+        (ACL_MASK, RW, ACL_UNDEFINED_ID),
+        (ACL_OTHER, 0, ACL_UNDEFINED_ID),
+    ]);
     let mut out = 2u32.to_le_bytes().to_vec();
     for (tag, perm, id) in entries {
         out.extend(tag.to_le_bytes());

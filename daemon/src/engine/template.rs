@@ -18,6 +18,7 @@
 mod go;
 mod python;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -182,12 +183,13 @@ struct RenderContext {
 fn build_context(chat: &ChatPrompt, special: &SpecialTokens) -> Result<RenderContext, TemplateError> {
     let mut messages = Vec::with_capacity(chat.messages.len());
     for m in &chat.messages {
-        let mut map: Vec<(&str, Value)> =
-            vec![("role", Value::from(m.role.as_str())), ("content", Value::from(m.content.as_str()))];
+        let mut map = BTreeMap::new();
+        map.insert("role".to_owned(), Value::from(m.role.as_str()));
+        map.insert("content".to_owned(), Value::from(m.content.as_str()));
         if let Some(calls) = &m.tool_calls_json {
-            map.push(("tool_calls", parse_json(calls, "tool_calls")?));
+            map.insert("tool_calls".to_owned(), parse_json(calls, "tool_calls")?);
         }
-        messages.push(Value::from_iter(map));
+        messages.push(Value::from(map));
     }
     let tools = match &chat.tools_json {
         Some(json) => parse_json(json, "tools")?,

@@ -29,6 +29,8 @@ use crate::store::downloads::FlightHandle;
 
 /// Bytes gathered before one positional write.
 const WRITE_CHUNK: usize = 1 << 20;
+/// How long received bytes may wait in memory before they are written.
+const FLUSH_EVERY: Duration = Duration::from_millis(250);
 /// How often progress is made durable.
 const SAVE_EVERY: Duration = Duration::from_secs(1);
 /// Most parts one blob is split into.
@@ -373,6 +375,7 @@ async fn stream_into(t: &Transfer, i: usize, mut response: Response, from: u64, 
     let url = &t.request.url;
     let mut offset = from;
     let mut buffer = Vec::with_capacity(WRITE_CHUNK);
+    let mut flushed = Instant::now();
     let result = loop {
         let next = tokio::select! {
             next = tokio::time::timeout(t.http.stall, response.chunk()) => next,
@@ -390,10 +393,12 @@ async fn stream_into(t: &Transfer, i: usize, mut response: Response, from: u64, 
                     )));
                 }
                 buffer.extend_from_slice(&bytes);
-                if buffer.len() >= WRITE_CHUNK {
+                // Slow transfers are written (and so made resumable) at least a few times a second.
+                if buffer.len() >= WRITE_CHUNK || flushed.elapsed() >= FLUSH_EVERY {
                     let n = buffer.len() as u64;
                     t.write(i, offset, std::mem::take(&mut buffer)).await?;
                     offset += n;
+                    flushed = Instant::now();
                 }
             }
             Ok(Ok(None)) => break Ok(()),

@@ -171,17 +171,27 @@ mod tests {
     async fn last_ticket_dropped_cancels_and_a_new_flight_waits_for_the_old() {
         let downloads = Arc::new(Downloads::default());
         let d = Digest::of(b"y");
-        let (seen_cancel_tx, seen_cancel) = tokio::sync::oneshot::channel();
+        let (started_tx, started) = tokio::sync::oneshot::channel();
+        let (wound_down_tx, wound_down) = tokio::sync::oneshot::channel();
         let first = downloads.join_or_start(d, 1, move |h: FlightHandle| async move {
+            let _ = started_tx.send(());
             h.cancel.cancelled().await;
             tokio::time::sleep(Duration::from_millis(50)).await;
-            let _ = seen_cancel_tx.send(());
+            let _ = wound_down_tx.send(std::time::Instant::now());
             Err(Error::Registry("cancelled".into()))
         });
+        started.await.unwrap();
         drop(first);
-        let mut second = downloads.join_or_start(d, 1, |_h| async { Ok(()) });
+        let second_ran = Arc::new(Mutex::new(None));
+        let mark = Arc::clone(&second_ran);
+        let mut second = downloads.join_or_start(d, 1, move |_h| async move {
+            *mark.lock().unwrap() = Some(std::time::Instant::now());
+            Ok(())
+        });
         second.finished().await.unwrap();
-        assert!(seen_cancel.await.is_ok(), "the second flight ran only after the first wound down");
+        let wound_down_at = wound_down.await.unwrap();
+        let second_at = second_ran.lock().unwrap().expect("the second flight ran");
+        assert!(second_at >= wound_down_at, "the second flight ran only after the first wound down");
     }
 
     #[tokio::test]

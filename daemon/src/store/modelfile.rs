@@ -101,8 +101,10 @@ pub fn parse(text: &str) -> Result<Vec<Instruction>> {
     Ok(out)
 }
 
+/// Bare values are trimmed, so only a missing value is empty; quoted blanks (a `stop` of "\n\n")
+/// are values.
 fn nonempty(value: String, keyword: &str, bad: &impl Fn(String) -> Error) -> Result<String> {
-    if value.trim().is_empty() { Err(bad(format!("{keyword} needs a value"))) } else { Ok(value) }
+    if value.is_empty() { Err(bad(format!("{keyword} needs a value"))) } else { Ok(value) }
 }
 
 /// Reads one value at the start of `text`; returns it and what follows its line.
@@ -228,6 +230,7 @@ mod tests {
             System("ends with a quote\"".into()),
             Parameter("stop".into(), "<end>".into()),
             Parameter("stop".into(), " spaced ".into()),
+            Parameter("stop".into(), "\n\n".into()),
             Message("user".into(), "back\\slash and \"quotes\"\nnewline".into()),
             License("# not a comment".into()),
         ];

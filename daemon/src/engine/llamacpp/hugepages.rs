@@ -209,8 +209,10 @@ mod tests {
 
     #[test]
     fn new_large_mappings_are_found_and_collapsed() {
-        // 16 MiB of touched anonymous memory, like a KV buffer.
-        let (buf, new) = advise_new(|| vec![1u8; 16 << 20]);
+        // 64 MiB of touched memory, like a KV buffer: above glibc's largest mmap threshold
+        // (32 MiB), so it is a fresh mapping whatever the test threads freed before.
+        // (black_box: otherwise the optimizer may elide the allocation altogether.)
+        let (buf, new) = advise_new(|| std::hint::black_box(vec![1u8; 64 << 20]));
         assert!(!new.is_empty(), "the allocation was not seen as a new mapping");
         let usage = usage_of(&new);
         assert!(usage.rss >= 8 << 20, "{usage:?}");

@@ -664,7 +664,7 @@ mod tests {
         let t = translate(src).unwrap();
         assert!(t.uses_messages);
         assert!(t.full.contains("{%- for v_m in messages %}{% set v_i = loop.index0 %}"), "{}", t.full);
-        assert!(t.full.contains("set v_last = ((messages[v_i:]|length) == 1) -%}"), "{}", t.full);
+        assert!(t.full.contains("set v_last = ((((messages[v_i:])|length)) == 1) -%}"), "{}", t.full);
         assert!(t.full.contains("{{ v_m.role }}"), "{}", t.full);
     }
 
