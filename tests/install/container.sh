@@ -1,16 +1,19 @@
 # tests/install/container.sh: a throwaway Debian bookworm booted with systemd-nspawn (sourced by run.sh).
 #
-# The base tree is debootstrapped once and cached as a tarball in .cache/install-test/ (git-ignored); every
-# run unpacks it into a fresh directory and boots that with
-#   systemd-nspawn --boot --register=no --keep-unit
-# (systemd is not PID 1 on the test hosts, so there is no machined: --register=no is what boots, and
-# machinectl / systemd-run --machine can't reach the container). Commands run inside by entering every
-# namespace of the container's PID 1 (its systemd) with nsenter, with a clean environment: they see the
-# container's mounts, PID namespace, /run/systemd (systemctl talks to the container's manager) and
-# journal. The container shares the host's network (apt needs the Debian mirror).
+# The base tree is debootstrapped once and cached as a directory in .cache/install-test/ (git-ignored).
+# Each run boots it with
+#   systemd-nspawn --boot --register=no --keep-unit --volatile=overlay
+# so the cached tree stays read-only under an overlay whose upper layer is a tmpfs that disappears with
+# the container: no copy per run, nothing to delete afterwards, and a second run starts from the same
+# pristine tree. (systemd is not PID 1 on the test hosts, so there is no machined: --register=no is what
+# boots, and machinectl / systemd-run --machine can't reach the container.) Commands run inside by
+# entering every namespace of the container's PID 1 (its systemd) with nsenter, with a clean environment:
+# they see the container's mounts, PID namespace, /run/systemd (systemctl talks to the container's
+# manager) and journal. The host reaches the container's files as /proc/<PID 1>/root. The container
+# shares the host's network (apt needs the Debian mirror).
 #
-# Variables: CT_ROOT (the tree), CT_NSPAWN (nspawn's pid), CT_LEADER (the container's PID 1 as seen
-# from the host), CT_LOG (console log).
+# Variables: CT_ROOT (the container's / seen from the host), CT_NSPAWN (nspawn's pid), CT_LEADER (the
+# container's PID 1 as seen from the host), CT_LOG (console log).
 
 CT_DEBOOTSTRAP_INCLUDE=systemd,systemd-sysv,dbus
 CT_SUITE=bookworm
@@ -18,47 +21,46 @@ CT_MIRROR=${HYPERLLAMA_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 # Rebuilt when older than this many days (apt-get update inside covers point releases in between).
 CT_BASE_MAX_AGE_DAYS=30
 
-# ct_base DIR: prints the path of the cached base tarball, debootstrapping it first if missing or stale.
+# ct_base DIR: prints the path of the cached base tree, debootstrapping it first if missing or stale.
+# The tree is only ever used read-only (overlay lower layer).
 ct_base() {
-	local dir=$1 tar tmp
-	tar=$dir/$CT_SUITE-minbase-systemd.tar
+	local dir=$1 base tmp
+	base=$dir/$CT_SUITE-minbase-systemd
 	mkdir -p "$dir"
-	if [ -f "$tar" ] && [ -z "$(find "$tar" -mtime +"$CT_BASE_MAX_AGE_DAYS" 2>/dev/null)" ]; then
-		echo "$tar"
+	if [ -f "$base/.complete" ] && [ -z "$(find "$base/.complete" -mtime +"$CT_BASE_MAX_AGE_DAYS" 2>/dev/null)" ]; then
+		echo "$base"
 		return 0
 	fi
-	tmp=$dir/base.tmp
+	tmp=$base.tmp
 	rm -rf --one-file-system "$tmp"
-	log "debootstrap --variant=minbase --include=$CT_DEBOOTSTRAP_INCLUDE $CT_SUITE (once; cached in $tar)"
+	log "debootstrap --variant=minbase --include=$CT_DEBOOTSTRAP_INCLUDE $CT_SUITE (once; cached in $base)"
 	if ! debootstrap --variant=minbase --include="$CT_DEBOOTSTRAP_INCLUDE" "$CT_SUITE" "$tmp" "$CT_MIRROR" \
 		>"$dir/debootstrap.log" 2>&1; then
 		tail -n 30 "$dir/debootstrap.log" >&2
 		rm -rf --one-file-system "$tmp"
 		return 1
 	fi
-	# Nothing host-specific: the hostname and the apt lists come from each run.
+	# Nothing host-specific; the apt lists come from each run's apt-get update.
 	echo hyperllama-test >"$tmp/etc/hostname"
 	rm -rf "$tmp"/var/lib/apt/lists/* "$tmp"/var/cache/apt/archives/*.deb
-	tar --numeric-owner --xattrs -C "$tmp" -cf "$tar.partial" .
-	mv "$tar.partial" "$tar"
-	rm -rf --one-file-system "$tmp"
-	echo "$tar"
+	touch "$tmp/.complete"
+	if [ -e "$base" ]; then
+		mv "$base" "$base.old"
+		rm -rf --one-file-system "$base.old"
+	fi
+	mv "$tmp" "$base"
+	echo "$base"
 }
 
-# ct_unpack TARBALL DIR: a fresh root tree for one run.
-ct_unpack() {
-	mkdir -p "$2"
-	tar --numeric-owner --xattrs -C "$2" -xpf "$1"
-}
-
-# ct_boot ROOT LOG [nspawn options...]: boots ROOT, waits until its systemd has finished starting up.
-# Returns 2 if it could not boot (the caller reports the test as skipped), 1 on other errors.
+# ct_boot BASE LOG [nspawn options...]: boots BASE (volatile overlay), waits until its systemd has finished
+# starting up. Returns 2 if it could not boot (the caller reports the test as skipped), 1 on other errors.
 ct_boot() {
-	CT_ROOT=$1 CT_LOG=$2
+	local base=$1
+	CT_LOG=$2
 	shift 2
 	mkdir -p /run/systemd/nspawn
 	CT_LEADER=
-	systemd-nspawn --boot --register=no --keep-unit --console=read-only -D "$CT_ROOT" \
+	systemd-nspawn --boot --register=no --keep-unit --volatile=overlay --console=read-only -D "$base" \
 		--machine=hyperllama-test "$@" </dev/null >"$CT_LOG" 2>&1 &
 	CT_NSPAWN=$!
 	local i child self_ns state
@@ -76,6 +78,7 @@ ct_boot() {
 		sleep 0.2
 	done
 	[ -n "$CT_LEADER" ] || return 2
+	CT_ROOT=/proc/$CT_LEADER/root
 	state=$(ct timeout 120 systemctl is-system-running --wait 2>/dev/null || true)
 	case "$state" in
 		running) return 0 ;;

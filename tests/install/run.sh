@@ -16,7 +16,8 @@
 #   HYPERLLAMA_PKG_NO_BUILD=1       package the binaries already in target/release (scripts/test.sh sets
 #                                   it: it has just built them); otherwise build.sh builds them
 #   HYPERLLAMA_TEST_GEMMA           a GGUF model for the import/prompt step (default: fetch_gemma's cache)
-#   HYPERLLAMA_INSTALL_TEST_KEEP=1  leave the container's tree in .cache/install-test/ (not booted)
+#   HYPERLLAMA_INSTALL_TEST_KEEP=1  leave the container running at the end (prints how to enter and
+#                                   stop it; its changes live in a tmpfs and vanish when it stops)
 #   HYPERLLAMA_DEBIAN_MIRROR        mirror for debootstrap (default http://deb.debian.org/debian)
 # Cache and logs: .cache/install-test/ (base tarball; last-run/ has build, apt and journal logs).
 set -euo pipefail
@@ -205,37 +206,47 @@ t_rpm_scripts() {
 	echo "note: Requires: $(grep -v '^rpmlib' <<<"$req" | tr '\n' ' ')"
 }
 
-# Installs both rpms into a copy of the Debian base tree with rpm --root (no dependency resolution: the
-# tree is Debian), so the scriptlets run chrooted with the real systemd-sysusers/-tmpfiles/systemctl.
+# Installs both rpms into the Debian base tree (through a tmpfs overlay in a private mount namespace, so
+# the cached tree stays untouched and nothing needs deleting) with rpm --root and no dependency
+# resolution (the tree is Debian): the scriptlets run chrooted with the real systemd-sysusers,
+# systemd-tmpfiles and systemctl.
 t_rpm_root() {
-	local r=$STATE/rpmroot rpm_opts
-	rm -rf --one-file-system "$r"
-	ct_unpack "$BASE_TAR" "$r"
-	rpm_opts=(--root "$r" --dbpath /var/lib/rpm)
-	rpm "${rpm_opts[@]}" --initdb
-	# Debian's rpm refuses to install without --force-debian.
-	if [[ "$(rpm --help 2>/dev/null)" == *--force-debian* ]]; then rpm_opts+=(--force-debian); fi
-	# The scriptlets run chrooted; systemd-tmpfiles needs /proc there (a private mount namespace
-	# drops the mount with the command).
-	unshare --mount sh -c 'mount -t proc proc "$1/proc" && shift && exec "$@"' sh "$r" \
-		rpm "${rpm_opts[@]}" -i --nodeps "$RPM" "$RPM_SE" || nok "rpm -i failed"
-	[ -x "$r/usr/sbin/hyperllamad" ] || nok "no /usr/sbin/hyperllamad"
-	grep -q '^hyperllama:' "$r/etc/passwd" || nok "%post did not create the hyperllama user"
-	grep -q '^hyperllama-admin:' "$r/etc/group" || nok "%post did not create hyperllama-admin"
-	expect "/var/lib/hyperllama" "$(chroot "$r" stat -c '%a %U' /var/lib/hyperllama)" "750 hyperllama"
-	for l in multi-user.target.wants/hyperllama.service sockets.target.wants/hyperllama.socket \
-		sockets.target.wants/hyperllama-http.socket; do
-		[ -L "$r/etc/systemd/system/$l" ] || nok "%post did not enable $l"
-	done
-	[ -f "$r/usr/share/selinux/packages/hyperllama/hyperllama.pp" ] || nok "selinux rpm: no .pp installed"
-	unshare --mount sh -c 'mount -t proc proc "$1/proc" && shift && exec "$@"' sh "$r" \
-		rpm "${rpm_opts[@]}" -e hyperllama-selinux hyperllama || nok "rpm -e failed"
-	[ ! -e "$r/usr/sbin/hyperllamad" ] || nok "rpm -e left /usr/sbin/hyperllamad"
-	[ ! -e "$r/etc/systemd/system/multi-user.target.wants/hyperllama.service" ] || nok "%preun did not disable the service"
-	[ ! -e "$r/etc/systemd/system/sockets.target.wants/hyperllama.socket" ] || nok "%preun did not disable the socket"
-	[ -d "$r/var/lib/hyperllama" ] || nok "erase removed /var/lib/hyperllama (models must stay)"
-	rm -rf --one-file-system "$r"
-	echo "note: rpm --root -i (scriptlets chrooted): user, groups, dirs, enable links; rpm -e: disabled, state kept"
+	local t rc=0
+	t=$(mktemp -d /tmp/hyperllama-rpmroot.XXXXXX)
+	unshare --mount --propagation private bash -euo pipefail -s "$BASE_DIR" "$t" "$RPM" "$RPM_SE" <<'SCRIPT' || rc=$?
+base=$1 t=$2 rpm_main=$3 rpm_se=$4
+nok() { echo "$*"; exit 1; }
+mount -t tmpfs tmpfs "$t"
+mkdir "$t/upper" "$t/work" "$t/root"
+mount -t overlay overlay -o "lowerdir=$base,upperdir=$t/upper,workdir=$t/work" "$t/root"
+r=$t/root
+mount -t proc proc "$r/proc" # systemd-tmpfiles in %post needs /proc
+opts=(--root "$r" --dbpath /var/lib/rpm)
+rpm "${opts[@]}" --initdb
+# Debian's rpm refuses to install without --force-debian.
+if [[ "$(rpm --help 2>/dev/null)" == *--force-debian* ]]; then opts+=(--force-debian); fi
+rpm "${opts[@]}" -i --nodeps "$rpm_main" "$rpm_se" || nok "rpm -i failed"
+[ -x "$r/usr/sbin/hyperllamad" ] || nok "no /usr/sbin/hyperllamad"
+grep -q '^hyperllama:' "$r/etc/passwd" || nok "%post did not create the hyperllama user"
+grep -q '^hyperllama-admin:' "$r/etc/group" || nok "%post did not create hyperllama-admin"
+got=$(chroot "$r" stat -c '%a %U' /var/lib/hyperllama) || nok "%post did not create /var/lib/hyperllama"
+[ "$got" = "750 hyperllama" ] || nok "/var/lib/hyperllama: $got"
+for l in multi-user.target.wants/hyperllama.service sockets.target.wants/hyperllama.socket \
+	sockets.target.wants/hyperllama-http.socket; do
+	[ -L "$r/etc/systemd/system/$l" ] || nok "%post did not enable $l"
+done
+[ -f "$r/usr/share/selinux/packages/hyperllama/hyperllama.pp" ] || nok "selinux rpm: no .pp installed"
+echo "# edited" >>"$r/etc/hyperllama/hyperllama.toml"
+rpm "${opts[@]}" -e hyperllama-selinux hyperllama || nok "rpm -e failed"
+[ ! -e "$r/usr/sbin/hyperllamad" ] || nok "rpm -e left /usr/sbin/hyperllamad"
+[ ! -e "$r/etc/systemd/system/multi-user.target.wants/hyperllama.service" ] || nok "%preun did not disable the service"
+[ ! -e "$r/etc/systemd/system/sockets.target.wants/hyperllama.socket" ] || nok "%preun did not disable the socket"
+[ -d "$r/var/lib/hyperllama" ] || nok "erase removed /var/lib/hyperllama (models must stay)"
+[ -f "$r/etc/hyperllama/hyperllama.toml.rpmsave" ] || nok "erase did not keep the edited config as .rpmsave"
+SCRIPT
+	rmdir "$t"
+	[ "$rc" = 0 ] || exit "$rc"
+	echo "note: rpm --root -i (scriptlets chrooted): user, groups, dirs, enable links; rpm -e: disabled, state and .rpmsave kept"
 }
 
 # The SELinux policy package is built and shipped identically in the deb and the rpm.
@@ -375,10 +386,12 @@ t_model_import() {
 	[ -z "${MODEL_SKIP:-}" ] || skipc "$MODEL_SKIP"
 	model=$(model_file) || nok "no test model: $model"
 	mkdir -p "$CT_ROOT/srv/hyperllama-test"
-	cp --reflink=auto "$model" "$CT_ROOT/srv/hyperllama-test/model.gguf"
+	# Bind-mounted read-only at boot when it was already on disk; copied in otherwise.
+	[ -f "$CT_ROOT/srv/hyperllama-test/model.gguf" ] || cp "$model" "$CT_ROOT/srv/hyperllama-test/model.gguf"
 	# Bounded answers keep the prompt and the drain step short on CPU.
 	printf 'FROM ./model.gguf\nPARAMETER num_predict 40\n' >"$CT_ROOT/srv/hyperllama-test/Modelfile"
-	chmod 0644 "$CT_ROOT/srv/hyperllama-test/model.gguf" "$CT_ROOT/srv/hyperllama-test/Modelfile"
+	chmod 0644 "$CT_ROOT/srv/hyperllama-test/Modelfile"
+	ct runuser -u bob -- test -r /srv/hyperllama-test/model.gguf || nok "bob can't read the model file"
 	out=$(hctl bob create installtest -f /srv/hyperllama-test/Modelfile 2>&1) || rc=$?
 	[ "$rc" != 7 ] || skipc "hyperctl create is not in this hyperllamad (exit 7: $(tail -n 1 <<<"$out"))"
 	[ "$rc" = 0 ] || nok "bob: hyperctl create: exit $rc: $out"
@@ -594,14 +607,11 @@ cleanup() {
 	if [ -n "${CT_NSPAWN:-}" ] && [ -n "${CT_LEADER:-}" ]; then
 		ct journalctl --no-pager -o short-precise >"$LOGDIR/journal.txt" 2>&1
 	fi
-	ct_stop
-	if [ -n "${RUN_ROOT:-}" ] && [ -d "$RUN_ROOT" ]; then
-		if [ "${HYPERLLAMA_INSTALL_TEST_KEEP:-0}" = 1 ]; then
-			echo "install test: container tree kept in $RUN_ROOT" >&2
-		else
-			rm -rf --one-file-system "$RUN_ROOT"
-		fi
+	if [ "${HYPERLLAMA_INSTALL_TEST_KEEP:-0}" = 1 ] && [ -n "${CT_NSPAWN:-}" ]; then
+		echo "install test: container left running: nsenter -t $CT_LEADER -m -u -i -n -p -C -r -w bash; stop it: kill $CT_NSPAWN" >&2
+		CT_NSPAWN=
 	fi
+	ct_stop
 	[ -z "${STATE:-}" ] || rm -rf --one-file-system "$STATE"
 	exit "$rc"
 }
@@ -621,37 +631,37 @@ exec 9>"$WORKDIR/lock"
 flock -w 3600 9 || die "another install test holds $WORKDIR/lock"
 rm -rf "$LOGDIR" && mkdir -p "$LOGDIR"
 STATE=$(mktemp -d "$WORKDIR/state.XXXXXX")
-RUN_ROOT=
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 apt_install debootstrap systemd-container rpm rpm2cpio cpio binutils iproute2 >/dev/null
 log "install test: container base"
-BASE_TAR=$(ct_base "$WORKDIR") || die "debootstrap failed (log: $WORKDIR/debootstrap.log)"
+BASE_DIR=$(ct_base "$WORKDIR") || die "debootstrap failed (log: $WORKDIR/debootstrap.log)"
 
 # 1. Boot first: if this host can't boot a container, the test is skipped before anything is built.
-RUN_ROOT=$(mktemp -d "$WORKDIR/root.XXXXXX")
-ct_unpack "$BASE_TAR" "$RUN_ROOT"
-HTTP_PORT=11434
-if [ -n "$(ss -Hltn "( sport = :$HTTP_PORT )" 2>/dev/null)" ]; then
-	# The container shares the host's network; don't fight whatever listens on the host's 11434.
-	HTTP_PORT=$((20000 + RANDOM % 20000))
-	mkdir -p "$RUN_ROOT/etc/systemd/system/hyperllama-http.socket.d"
-	printf '[Socket]\nListenStream=\nListenStream=127.0.0.1:%s\nListenStream=[::1]:%s\n' "$HTTP_PORT" "$HTTP_PORT" \
-		>"$RUN_ROOT/etc/systemd/system/hyperllama-http.socket.d/50-installtest-port.conf"
-	echo "note: port 11434 is taken on this host (shared network); the container's http socket uses $HTTP_PORT"
-fi
+boot_opts=(--capability=CAP_IPC_LOCK) # nspawn's default bounding set lacks it; a real host has it
+# The model for the import step, when it is already on disk (else t_model_import fetches and copies it).
+model=${HYPERLLAMA_TEST_GEMMA:-$GEMMA_FILE}
+if [ -f "$model" ]; then boot_opts+=(--bind-ro="$(realpath "$model"):/srv/hyperllama-test/model.gguf"); fi
 log "install test: booting $CT_SUITE with systemd-nspawn"
 t_boot=$(date +%s)
 set +e
-# CAP_IPC_LOCK: nspawn's default bounding set lacks it; a real host has it (the unit grants it).
-ct_boot "$RUN_ROOT" "$LOGDIR/console.log" --capability=CAP_IPC_LOCK
+ct_boot "$BASE_DIR" "$LOGDIR/console.log" "${boot_opts[@]}"
 rc=$?
 set -e
 if [ "$rc" -ne 0 ]; then
 	tail -n 15 "$LOGDIR/console.log" >&2 || true
 	[ "$rc" -eq 2 ] && skip_all "systemd-nspawn could not boot $CT_SUITE here (console: $LOGDIR/console.log)"
 	die "booting the container failed"
+fi
+HTTP_PORT=11434
+if [ -n "$(ss -Hltn "( sport = :$HTTP_PORT )" 2>/dev/null)" ]; then
+	# The container shares the host's network; don't fight whatever listens on the host's 11434.
+	HTTP_PORT=$((20000 + RANDOM % 20000))
+	mkdir -p "$CT_ROOT/etc/systemd/system/hyperllama-http.socket.d"
+	printf '[Socket]\nListenStream=\nListenStream=127.0.0.1:%s\nListenStream=[::1]:%s\n' "$HTTP_PORT" "$HTTP_PORT" \
+		>"$CT_ROOT/etc/systemd/system/hyperllama-http.socket.d/50-installtest-port.conf"
+	echo "install test: port 11434 is taken on this host (shared network); the container's http socket uses $HTTP_PORT"
 fi
 echo "install test: container up in $(($(date +%s) - t_boot)) s (nsenter into PID $CT_LEADER)"
 
@@ -681,8 +691,8 @@ check "rpm: install into a temp root (scriptlets chrooted) and erase" t_rpm_root
 check "selinux: hyperllama.pp builds (policy package) and ships in deb and rpm" t_selinux_pp
 
 # 3. The deb in the booted system.
-mkdir -p "$RUN_ROOT/root/pkgs"
-cp "$DEB" "$RUN_ROOT/root/pkgs/"
+mkdir -p "$CT_ROOT/root/pkgs"
+cp "$DEB" "$CT_ROOT/root/pkgs/"
 check "deb: apt install ./hyperllama_*.deb pulls its dependencies and starts the units" t_apt_install
 if ! ct dpkg-query -W -f='${Status}' hyperllama 2>/dev/null | grep -q 'install ok installed'; then
 	summary

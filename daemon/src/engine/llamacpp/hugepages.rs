@@ -113,7 +113,11 @@ pub fn advise(mappings: &[Mapping]) -> usize {
         if ok {
             advised += len;
             // SAFETY: as above; a collapse that cannot allocate huge pages fails harmlessly.
-            let _ = unsafe { libc::madvise(addr, len, MADV_COLLAPSE) };
+            let rc = unsafe { libc::madvise(addr, len, MADV_COLLAPSE) };
+            if rc != 0 {
+                tracing::debug!(len, error = %std::io::Error::last_os_error(), "MADV_COLLAPSE failed");
+            }
+            eprintln!("DEBUG advise {:x}-{:x} len {} collapse rc {} {}", m.start, m.end, len, rc, std::io::Error::last_os_error());
         }
     }
     advised
