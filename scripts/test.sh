@@ -24,6 +24,10 @@ export HYPERLLAMA_SKIP_LOG="$CACHE/skipped.log"
 rm -f "$HYPERLLAMA_SKIP_LOG"
 status=0
 cargo test --release --locked --workspace -- --test-threads="${TEST_THREADS:-2}" || status=$?
+# The .deb/.rpm installed in a booted Debian (systemd-nspawn; as root, else it reports itself skipped).
+# It packages the release binaries built above (HYPERLLAMA_PKG_NO_BUILD=1).
+log "install test (tests/install/run.sh)"
+HYPERLLAMA_PKG_NO_BUILD=1 bash tests/install/run.sh || status=1
 if [ -s "$HYPERLLAMA_SKIP_LOG" ]; then
     log "skipped tests (each says why):"
     sort -u "$HYPERLLAMA_SKIP_LOG" >&2

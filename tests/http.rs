@@ -349,7 +349,10 @@ fn tokens_are_required_off_loopback_and_revocable() {
         return skip("tokens_are_required_off_loopback_and_revocable", "needs root (useradd)");
     }
     // A wildcard bind is not loopback: every request needs a token (reached here over loopback).
-    let daemon = start("[http]\nlisten = [\"0.0.0.0:0\"]\n");
+    let daemon = Daemon::start(DaemonOptions {
+        args: vec!["--http-listen".into(), "0.0.0.0:0".into()],
+        ..Default::default()
+    });
     let port = daemon.http_addr().port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let host = addr.to_string();

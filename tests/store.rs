@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyperllama_tests::gguf_file::{GgufBuilder, hostile_files};
-use hyperllama_tests::registry::{blob_files, blobs_dir, integrity_check, restart, stop};
+use hyperllama_tests::registry::{blob_files, blobs_dir, integrity_check, restart, start_daemon, stop};
 use hyperllama_tests::{Daemon, DaemonOptions, TestGroup, TestUser, is_root, skip, text};
 
 fn stdout(out: &Output) -> String {
@@ -50,24 +50,37 @@ MESSAGE user Hi\nMESSAGE assistant Hello\nLICENSE \"\"\"MIT License\"\"\"\n";
 
 #[test]
 fn create_streams_a_file_the_daemon_cannot_read_and_show_describes_it() {
-    let daemon = Daemon::start(DaemonOptions::default());
+    let daemon = start_daemon("", &DaemonOptions::default());
     let gguf = GgufBuilder::tiny_llama("create").build();
     let dir = workdir(&[("tiny.gguf", &gguf)], FULL_MODELFILE);
     if is_root() {
         // The daemon runs as the service account: the 0700 directory and 0600 file are closed to it.
-        let status: serde_json::Value = serde_json::from_str(&stdout(&daemon.ctl(&["status", "--json"]))).unwrap();
+        let status: serde_json::Value =
+            serde_json::from_str(&stdout(&daemon.ctl(&["status", "--json"]))).unwrap();
         assert_eq!(status["service_user"], hyperllama_tests::SERVICE_USER);
     }
     let out = create(&daemon, "tiny", dir.path());
     assert!(out.status.success(), "{}\n{}", text(&out), daemon.log());
     let progress = stderr(&out);
-    for step in ["transferring model data", "100%", "parsing GGUF", "creating new layer", "writing manifest", "success"] {
+    for step in [
+        "transferring model data",
+        "100%",
+        "parsing GGUF",
+        "creating new layer",
+        "writing manifest",
+        "success",
+    ] {
         assert!(progress.contains(step), "{step}: {progress}");
     }
     let list = stdout(&daemon.ctl(&["list"]));
     assert!(list.contains("tiny:latest"), "{list}");
     let show = stdout(&daemon.ctl(&["show", "tiny"]));
-    for fact in ["architecture        llama", "context length      2048", "embedding length    64", "quantization        F32"] {
+    for fact in [
+        "architecture        llama",
+        "context length      2048",
+        "embedding length    64",
+        "quantization        F32",
+    ] {
         assert!(show.contains(fact), "{fact}: {show}");
     }
     assert!(show.contains("temperature") && show.contains("Be brief."), "{show}");
@@ -87,7 +100,10 @@ fn create_streams_a_file_the_daemon_cannot_read_and_show_describes_it() {
 
     // `show --modelfile` recreates the same model (the same id).
     let modelfile = stdout(&daemon.ctl(&["show", "tiny", "--modelfile"]));
-    assert!(modelfile.contains("FROM tiny:latest") && modelfile.contains("PARAMETER stop User:"), "{modelfile}");
+    assert!(
+        modelfile.contains("FROM tiny:latest") && modelfile.contains("PARAMETER stop User:"),
+        "{modelfile}"
+    );
     let again = workdir(&[], &modelfile);
     let out = create(&daemon, "tiny-again", again.path());
     assert!(out.status.success(), "{}", text(&out));
@@ -110,10 +126,9 @@ fn hex_sha256(bytes: &[u8]) -> String {
 #[test]
 fn create_refuses_what_the_client_may_not_read_and_bad_requests() {
     let admins = if is_root() { Some(TestGroup::create()) } else { None };
-    let daemon = Daemon::start(DaemonOptions {
-        admin_group: admins.as_ref().map(|g| g.name.clone()),
-        ..DaemonOptions::default()
-    });
+    let options =
+        DaemonOptions { admin_group: admins.as_ref().map(|g| g.name.clone()), ..DaemonOptions::default() };
+    let daemon = start_daemon("", &options);
     let dir = workdir(&[], "FROM /dev/zero\n");
     let out = create(&daemon, "zero", dir.path());
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -127,13 +142,18 @@ fn create_refuses_what_the_client_may_not_read_and_bad_requests() {
 
     std::fs::write(dir.path().join("Modelfile"), "FROM ./tiny.gguf\n").unwrap();
     std::fs::write(dir.path().join("tiny.gguf"), GgufBuilder::tiny_llama("q").build()).unwrap();
-    let out = daemon.ctl(&["create", "q", "-f", dir.path().join("Modelfile").to_str().unwrap(), "-q", "q4_K_M"]);
+    let out =
+        daemon.ctl(&["create", "q", "-f", dir.path().join("Modelfile").to_str().unwrap(), "-q", "q4_K_M"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(stderr(&out).contains("quantization is not supported yet"), "{}", text(&out));
 
     std::fs::write(dir.path().join("Modelfile"), "FROM ./tiny.gguf\nSYSTEM ok\nSHOUT loud\n").unwrap();
     let out = create(&daemon, "bad", dir.path());
-    assert!(stderr(&out).contains("line 3") && stderr(&out).contains("unknown instruction"), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("line 3") && stderr(&out).contains("unknown instruction"),
+        "{}",
+        text(&out)
+    );
     std::fs::write(dir.path().join("Modelfile"), "FROM no-such-model\n").unwrap();
     let out = create(&daemon, "orphan", dir.path());
     assert_eq!(out.status.code(), Some(5), "{}", text(&out));
@@ -151,7 +171,8 @@ fn create_refuses_what_the_client_may_not_read_and_bad_requests() {
         let tiny = shared_dir.path().join("tiny.gguf");
         std::fs::write(&tiny, GgufBuilder::tiny_llama("shadow").build()).unwrap();
         std::fs::set_permissions(&tiny, std::fs::Permissions::from_mode(0o644)).unwrap();
-        for text_in in ["FROM /etc/shadow\n", "FROM ./link.gguf\n", "FROM ./tiny.gguf\nADAPTER /etc/shadow\n"] {
+        for text_in in ["FROM /etc/shadow\n", "FROM ./link.gguf\n", "FROM ./tiny.gguf\nADAPTER /etc/shadow\n"]
+        {
             std::fs::write(&modelfile, text_in).unwrap();
             let out = daemon.ctl_as(&admin, &["create", "shadow", "-f", modelfile.to_str().unwrap()]);
             assert_eq!(out.status.code(), Some(1), "{text_in}: {}", text(&out));
@@ -163,7 +184,7 @@ fn create_refuses_what_the_client_may_not_read_and_bad_requests() {
 
 #[test]
 fn hostile_model_files_are_refused_and_the_daemon_lives_on() {
-    let daemon = Daemon::start(DaemonOptions::default());
+    let daemon = start_daemon("", &DaemonOptions::default());
     let pid = daemon.pid();
     for case in hostile_files() {
         let dir = workdir(&[("model.gguf", &case.bytes)], "FROM ./model.gguf\n");
@@ -173,7 +194,8 @@ fn hostile_model_files_are_refused_and_the_daemon_lives_on() {
         let last = err.lines().last().unwrap_or_default();
         assert!(last.starts_with("Error: ") && last.contains(case.expect), "{}: {err}", case.name);
     }
-    let status: serde_json::Value = serde_json::from_str(&stdout(&daemon.ctl(&["status", "--json"]))).unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&stdout(&daemon.ctl(&["status", "--json"]))).unwrap();
     assert_eq!(status["pid"], pid, "the daemon never crashed");
     assert!(blob_files(&daemon).is_empty(), "{:?}", blob_files(&daemon));
     let staging = daemon.dir.path().join("state/staging");
@@ -183,7 +205,7 @@ fn hostile_model_files_are_refused_and_the_daemon_lives_on() {
 
 #[test]
 fn cp_and_rm_count_references() {
-    let daemon = Daemon::start(DaemonOptions::default());
+    let daemon = start_daemon("", &DaemonOptions::default());
     let gguf = GgufBuilder::tiny_llama("refs").build();
     let a = workdir(&[("tiny.gguf", &gguf)], "FROM ./tiny.gguf\nSYSTEM a\n");
     let b = workdir(&[("tiny.gguf", &gguf)], "FROM ./tiny.gguf\nSYSTEM b\n");
@@ -209,7 +231,7 @@ fn cp_and_rm_count_references() {
 
 #[test]
 fn a_missing_blob_marks_the_model_broken() {
-    let daemon = Daemon::start(DaemonOptions::default());
+    let daemon = start_daemon("", &DaemonOptions::default());
     let gguf = GgufBuilder::tiny_llama("broken").build();
     let dir = workdir(&[("tiny.gguf", &gguf)], "FROM ./tiny.gguf\nSYSTEM s\n");
     assert!(create(&daemon, "fragile", dir.path()).status.success());
@@ -219,7 +241,8 @@ fn a_missing_blob_marks_the_model_broken() {
     let daemon = stopped.start(&DaemonOptions::default());
     let list = stdout(&daemon.ctl(&["list"]));
     assert!(list.contains("fragile:latest (broken)"), "{list}");
-    let status: serde_json::Value = serde_json::from_str(&stdout(&daemon.ctl(&["status", "--json"]))).unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&stdout(&daemon.ctl(&["status", "--json"]))).unwrap();
     assert_eq!(status["broken_models"], 1, "{status}");
     assert!(daemon.log().contains("blob file is missing"), "{}", daemon.log());
     assert!(daemon.ctl(&["rm", "fragile"]).status.success());
@@ -228,7 +251,7 @@ fn a_missing_blob_marks_the_model_broken() {
 
 #[test]
 fn orphaned_blobs_are_removed_at_start() {
-    let daemon = Daemon::start(DaemonOptions::default());
+    let daemon = start_daemon("", &DaemonOptions::default());
     let stopped = stop(daemon, true);
     let blobs = stopped.path().join("state/blobs");
     let orphan = blobs.join(format!("sha256-{}", hex_sha256(b"orphan")));
@@ -242,7 +265,7 @@ fn orphaned_blobs_are_removed_at_start() {
 #[test]
 fn kill_9_during_metadata_writes_loses_no_acknowledged_model() {
     let options = DaemonOptions::default();
-    let mut daemon = Daemon::start(options.clone());
+    let mut daemon = start_daemon("", &options);
     let dir = workdir(&[("tiny.gguf", &GgufBuilder::tiny_llama("crash").build())], "FROM ./tiny.gguf\n");
     assert!(create(&daemon, "base", dir.path()).status.success());
     let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -284,16 +307,25 @@ fn kill_9_during_metadata_writes_loses_no_acknowledged_model() {
 fn gemma_3_270m_creates_and_shows() {
     let gguf = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/gemma/gemma-3-270m-Q4_K_M.gguf");
     if !gguf.exists() {
-        return skip("gemma_3_270m_creates_and_shows", "no .cache/gemma/gemma-3-270m-Q4_K_M.gguf (see ENVIRONMENT.md)");
+        return skip(
+            "gemma_3_270m_creates_and_shows",
+            "no .cache/gemma/gemma-3-270m-Q4_K_M.gguf (see ENVIRONMENT.md)",
+        );
     }
-    let daemon = Daemon::start(DaemonOptions::default());
+    let daemon = start_daemon("", &DaemonOptions::default());
     let dir = workdir(&[], &format!("FROM {}\nPARAMETER stop \"<end_of_turn>\"\n", gguf.display()));
     let out = create(&daemon, "gemma3-270m", dir.path());
     assert!(out.status.success(), "{}", text(&out));
     let list = stdout(&daemon.ctl(&["list"]));
     assert!(list.contains("gemma3-270m:latest") && list.contains("253 MB"), "{list}");
     let show = stdout(&daemon.ctl(&["show", "gemma3-270m"]));
-    for fact in ["architecture        gemma3", "context length      32768", "embedding length    640", "quantization        Q4_K_M", "268M"] {
+    for fact in [
+        "architecture        gemma3",
+        "context length      32768",
+        "embedding length    640",
+        "quantization        Q4_K_M",
+        "268M",
+    ] {
         assert!(show.contains(fact), "{fact}: {show}");
     }
     let name = "sha256-a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818";

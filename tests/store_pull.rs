@@ -7,7 +7,9 @@ use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use hyperllama_tests::gguf_file::{GgufBuilder, hostile_files};
-use hyperllama_tests::registry::{Fault, TestRegistry, blob_files, blobs_dir, integrity_check, restart, start_daemon, tree};
+use hyperllama_tests::registry::{
+    Fault, TestRegistry, blob_files, blobs_dir, integrity_check, restart, start_daemon, tree,
+};
 use hyperllama_tests::{Daemon, DaemonOptions, TestGroup, TestUser, is_root, text};
 use nix::sys::signal::Signal;
 
@@ -73,7 +75,14 @@ fn pull_through_a_token_challenge_and_a_redirect_shows_progress_and_every_user_s
     assert!(out.status.success(), "{}\n{}", text(&out), daemon.log());
     let progress = stderr(&out);
     let short = &model_digest[7..19];
-    for step in ["pulling manifest", &format!("pulling {short}"), "100% ▕", "verifying sha256 digest", "writing manifest", "success"] {
+    for step in [
+        "pulling manifest",
+        &format!("pulling {short}"),
+        "100% ▕",
+        "verifying sha256 digest",
+        "writing manifest",
+        "success",
+    ] {
         assert!(progress.contains(step), "{step}: {progress}");
     }
     let hits = registry.hits();
@@ -87,7 +96,13 @@ fn pull_through_a_token_challenge_and_a_redirect_shows_progress_and_every_user_s
     assert!(list.contains("tiny:latest"), "{list}");
     let show = stdout(&daemon.ctl(&["show", "tiny"]));
     assert!(show.contains("architecture        llama") && show.contains("temperature"), "{show}");
-    assert_eq!(stdout(&daemon.ctl(&["show", "tiny", "--parameters"])).lines().filter(|l| l.starts_with("stop")).count(), 2);
+    assert_eq!(
+        stdout(&daemon.ctl(&["show", "tiny", "--parameters"]))
+            .lines()
+            .filter(|l| l.starts_with("stop"))
+            .count(),
+        2
+    );
     let files = blob_files(&daemon);
     assert_eq!(files.len(), 6, "config and five layers: {files:?}");
     assert!(files.iter().all(|(_, ok)| *ok), "{files:?}");
@@ -114,7 +129,9 @@ fn parallel_ranged_parts_resume_after_kill_9_and_every_blob_matches_its_name() {
     for round in 0..3 {
         let mut pull = spawn_ctl(&daemon, &["pull", "big"]);
         let before = registry.blob_gets(&model_digest).len();
-        wait_for("the download to start", Duration::from_secs(20), || registry.blob_gets(&model_digest).len() > before);
+        wait_for("the download to start", Duration::from_secs(20), || {
+            registry.blob_gets(&model_digest).len() > before
+        });
         std::thread::sleep(Duration::from_millis(1500 + 400 * round));
         daemon = restart(daemon, &options, true);
         let _ = pull.kill();
@@ -123,7 +140,8 @@ fn parallel_ranged_parts_resume_after_kill_9_and_every_blob_matches_its_name() {
         assert!(!partial.exists(), "no partial blob is ever visible");
         assert!(blob_files(&daemon).iter().all(|(_, ok)| *ok), "{:?}", blob_files(&daemon));
     }
-    let ranged: Vec<_> = registry.blob_gets(&model_digest).into_iter().filter(|h| h.range.is_some()).collect();
+    let ranged: Vec<_> =
+        registry.blob_gets(&model_digest).into_iter().filter(|h| h.range.is_some()).collect();
     assert!(ranged.len() > 4, "parts were fetched with Range: {ranged:?}");
 
     registry.clear_faults();
@@ -133,7 +151,13 @@ fn parallel_ranged_parts_resume_after_kill_9_and_every_blob_matches_its_name() {
     let fetched: usize = registry
         .blob_gets(&model_digest)
         .iter()
-        .filter_map(|h| h.range.as_deref()?.strip_prefix("bytes=")?.split_once('-').map(|(a, b)| (a.to_string(), b.to_string())))
+        .filter_map(|h| {
+            h.range
+                .as_deref()?
+                .strip_prefix("bytes=")?
+                .split_once('-')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+        })
         .map(|(a, b)| b.parse::<usize>().unwrap() - a.parse::<usize>().unwrap() + 1)
         .sum();
     assert!(fetched < size, "the last pull resumed ({fetched} of {size} bytes fetched)");
@@ -152,7 +176,9 @@ fn a_resume_answered_with_200_starts_over_and_still_verifies() {
     let options = DaemonOptions::default();
     let daemon = start_daemon(&registry.config(""), &options);
     let mut pull = spawn_ctl(&daemon, &["pull", "whole"]);
-    wait_for("the download to start", Duration::from_secs(20), || !registry.blob_gets(&model_digest).is_empty());
+    wait_for("the download to start", Duration::from_secs(20), || {
+        !registry.blob_gets(&model_digest).is_empty()
+    });
     std::thread::sleep(Duration::from_millis(2500));
     let daemon = restart(daemon, &options, true);
     let _ = pull.kill();
@@ -162,11 +188,17 @@ fn a_resume_answered_with_200_starts_over_and_still_verifies() {
     let out = daemon.ctl(&["pull", "whole"]);
     assert!(out.status.success(), "{}\n{}", text(&out), daemon.log());
     let gets = registry.blob_gets(&model_digest);
-    assert!(gets.first().is_some_and(|h| h.range.as_deref().is_some_and(|r| r != "bytes=0-")), "resume asked for a range: {gets:?}");
+    assert!(
+        gets.first().is_some_and(|h| h.range.as_deref().is_some_and(|r| r != "bytes=0-")),
+        "resume asked for a range: {gets:?}"
+    );
     assert!(gets.iter().any(|h| h.range.is_none()), "then started over without one: {gets:?}");
     assert!(daemon.log().contains("ranges not honoured"), "{}", daemon.log());
     assert!(blob_files(&daemon).iter().all(|(_, ok)| *ok));
 }
+
+/// Prepares a misbehaviour; returns the model name to pull.
+type Setup = Box<dyn Fn(&TestRegistry) -> String>;
 
 /// Everything under the test directory except what a failed pull may change (the log, the
 /// database files and resumable downloads in staging).
@@ -184,11 +216,15 @@ fn snapshot(daemon: &Daemon) -> Vec<std::path::PathBuf> {
 fn a_misbehaving_registry_leaves_the_store_unchanged() {
     let registry = TestRegistry::start();
     publish_tiny(&registry, "good", 0);
-    let daemon = start_daemon(&registry.config("retries = 1\nstall_timeout = \"1s\"\n"), &DaemonOptions::default());
+    let daemon =
+        start_daemon(&registry.config("retries = 1\nstall_timeout = \"1s\"\n"), &DaemonOptions::default());
     assert!(daemon.ctl(&["pull", "good"]).status.success());
     let models = |d: &Daemon| -> Vec<String> {
         // NAME, ID and SIZE (MODIFIED moves with the clock).
-        stdout(&d.ctl(&["list"])).lines().map(|l| l.split("    ").take(3).collect::<Vec<_>>().join(" ")).collect()
+        stdout(&d.ctl(&["list"]))
+            .lines()
+            .map(|l| l.split("    ").take(3).collect::<Vec<_>>().join(" "))
+            .collect()
     };
     let list_before = models(&daemon);
     let files_before = snapshot(&daemon);
@@ -201,22 +237,37 @@ fn a_misbehaving_registry_leaves_the_store_unchanged() {
     registry.publish_raw("evil", &evil);
     let hostile = hostile_files().into_iter().find(|h| h.name == "tensor offset past the end").unwrap();
     registry.publish("hostile", &[(MODEL, hostile.bytes)]);
-    let cases: Vec<(&str, Box<dyn Fn(&TestRegistry) -> String>, &str, i32)> = vec![
-        ("manifest 403 HTML", Box::new(|r| {
-            r.manifest_fault(Some(Fault::ForbiddenHtml));
-            "m403".into()
-        }), "refused access", 1),
-        ("manifest 500", Box::new(|r| {
-            r.manifest_fault(Some(Fault::ServerError));
-            "m500".into()
-        }), "retry later", 1),
+    let cases: Vec<(&str, Setup, &str, i32)> = vec![
+        (
+            "manifest 403 HTML",
+            Box::new(|r| {
+                r.manifest_fault(Some(Fault::ForbiddenHtml));
+                "m403".into()
+            }),
+            "refused access",
+            1,
+        ),
+        (
+            "manifest 500",
+            Box::new(|r| {
+                r.manifest_fault(Some(Fault::ServerError));
+                "m500".into()
+            }),
+            "retry later",
+            1,
+        ),
         ("unknown model", Box::new(|_| "nosuch".into()), "not found", 5),
         ("evil digest", Box::new(|_| "evil".into()), "invalid digest", 1),
         ("hostile GGUF", Box::new(|_| "hostile".into()), "not usable", 1),
         ("blob 403 HTML", Box::new(|r| fault_model(r, "b403", Fault::ForbiddenHtml)), "refused access", 1),
         ("blob 500", Box::new(|r| fault_model(r, "b500", Fault::ServerError)), "retry later", 1),
         ("truncated blob", Box::new(|r| fault_model(r, "short", Fault::Truncate)), "early", 1),
-        ("blob not matching its digest", Box::new(|r| fault_model(r, "corrupt", Fault::Corrupt)), "does not match its digest", 1),
+        (
+            "blob not matching its digest",
+            Box::new(|r| fault_model(r, "corrupt", Fault::Corrupt)),
+            "does not match its digest",
+            1,
+        ),
         ("stalled blob", Box::new(|r| fault_model(r, "stall", Fault::Stall(100))), "stalled", 1),
     ];
     for (what, setup, expect, code) in cases {
@@ -232,7 +283,9 @@ fn a_misbehaving_registry_leaves_the_store_unchanged() {
         assert_eq!(snapshot(&daemon), files_before, "{what}: no file appeared or vanished");
         assert!(blob_files(&daemon).iter().all(|(_, ok)| *ok), "{what}");
     }
-    assert!(!daemon.dir.path().join("x").exists() && !daemon.dir.path().parent().unwrap().join("evil").exists());
+    assert!(
+        !daemon.dir.path().join("x").exists() && !daemon.dir.path().parent().unwrap().join("evil").exists()
+    );
     let (check, tags) = integrity_check(&daemon);
     assert_eq!((check.as_str(), tags), ("ok", 1));
 }
@@ -247,7 +300,10 @@ fn fault_model(registry: &TestRegistry, name: &str, fault: Fault) -> String {
 #[test]
 fn two_users_pulling_at_once_share_one_download_and_others_are_told_who_may_pull() {
     if !is_root() {
-        return hyperllama_tests::skip("two_users_pulling_at_once_share_one_download", "needs root for test users");
+        return hyperllama_tests::skip(
+            "two_users_pulling_at_once_share_one_download",
+            "needs root for test users",
+        );
     }
     let registry = TestRegistry::start();
     let model_digest = publish_tiny(&registry, "shared", 1 << 20);
@@ -295,11 +351,27 @@ fn hugging_face_and_url_pulls() {
     let out = daemon.ctl(&["pull", "hf.co/owner/Tiny-GGUF/tiny-Q4_K_M.gguf"]);
     assert!(out.status.success(), "{}", text(&out));
     let list = stdout(&daemon.ctl(&["list"]));
-    assert!(list.contains("hf.co/owner/Tiny-GGUF:Q8_0") && list.contains("hf.co/owner/Tiny-GGUF:tiny-Q4_K_M"), "{list}");
+    assert!(
+        list.contains("hf.co/owner/Tiny-GGUF:Q8_0") && list.contains("hf.co/owner/Tiny-GGUF:tiny-Q4_K_M"),
+        "{list}"
+    );
     assert!(blob_files(&daemon).iter().any(|(n, _)| n.ends_with(&q8[7..])));
     let hits = registry.hits();
-    assert!(hits.iter().filter(|h| h.path.starts_with("/hf/")).all(|h| h.authorization.as_deref() == Some("Bearer hf_secret")));
+    assert!(
+        hits.iter()
+            .filter(|h| h.path.starts_with("/hf/"))
+            .all(|h| h.authorization.as_deref() == Some("Bearer hf_secret"))
+    );
     assert!(hits.iter().filter(|h| h.listener == "cdn").all(|h| h.authorization.is_none()), "{hits:?}");
+    registry.hf_require_token(Some("a-different-token"));
+    let unauthorized = daemon.ctl(&["pull", "hf.co/owner/Tiny-GGUF:Q8_0"]);
+    assert_eq!(unauthorized.status.code(), Some(1), "{}", text(&unauthorized));
+    assert!(
+        stderr(&unauthorized).contains("401") && stderr(&unauthorized).contains("store.hf_token"),
+        "{}",
+        text(&unauthorized)
+    );
+    registry.hf_require_token(Some("hf_secret"));
     let missing = daemon.ctl(&["pull", "hf.co/owner/Tiny-GGUF:Q2_K"]);
     assert_eq!(missing.status.code(), Some(5), "{}", text(&missing));
     assert!(stderr(&missing).contains("tiny-Q8_0.gguf"), "lists what there is: {}", text(&missing));
@@ -313,7 +385,8 @@ fn hugging_face_and_url_pulls() {
     let out = daemon.ctl(&["pull", "--insecure", &url]);
     assert!(out.status.success(), "{}\n{}", text(&out), daemon.log());
     assert!(stdout(&daemon.ctl(&["list"])).contains("url-model:latest"));
-    let wrong = format!("http://localhost:{}/files/url-model.gguf@sha256:{}", registry.addr.port(), "0".repeat(64));
+    let wrong =
+        format!("http://localhost:{}/files/url-model.gguf@sha256:{}", registry.addr.port(), "0".repeat(64));
     let out = daemon.ctl(&["pull", "--insecure", &wrong]);
     assert!(stderr(&out).contains("does not match its digest"), "{}", text(&out));
     assert!(blob_files(&daemon).iter().all(|(_, ok)| *ok));
@@ -341,7 +414,8 @@ fn sigterm_during_a_pull_drains_refuses_new_work_and_exits_zero() {
     let registry = TestRegistry::start();
     let model_digest = publish_tiny(&registry, "slow", 256 << 10);
     registry.fault(&model_digest, Fault::Stall(4096));
-    let options = DaemonOptions { args: vec!["--drain-timeout".into(), "2s".into()], ..DaemonOptions::default() };
+    let options =
+        DaemonOptions { args: vec!["--drain-timeout".into(), "2s".into()], ..DaemonOptions::default() };
     let mut daemon = start_daemon(&registry.config("stall_timeout = \"60s\"\n"), &options);
     let pull = spawn_ctl(&daemon, &["pull", "slow"]);
     wait_for("the blob download", Duration::from_secs(20), || !registry.blob_gets(&model_digest).is_empty());

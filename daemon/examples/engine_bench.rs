@@ -48,7 +48,10 @@ struct Args {
 
 fn parse_args() -> Args {
     let mut a = Args {
-        model: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.cache/models/gemma-3-270m-Q4_K_M.gguf")),
+        model: PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../.cache/models/gemma-3-270m-Q4_K_M.gguf"
+        )),
         threads: 2,
         parallel: 8,
         prompt_words: 100,
@@ -95,8 +98,11 @@ struct Run {
 
 fn engine_run(engine: &LlamaCppEngine, prompts: &[String], n_gen: u32, salt0: u64) -> Vec<Run> {
     let start = Instant::now();
-    let streams: Vec<_> =
-        prompts.iter().enumerate().map(|(i, p)| engine.generate(request(p.clone(), n_gen, salt0 + i as u64)).expect("generate")).collect();
+    let streams: Vec<_> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| engine.generate(request(p.clone(), n_gen, salt0 + i as u64)).expect("generate"))
+        .collect();
     let mut handles = Vec::new();
     for mut rx in streams {
         handles.push(std::thread::spawn(move || {
@@ -136,7 +142,8 @@ fn raw_run(model: &LlamaModel, args: &Args, prompts: &[String]) -> Vec<Run> {
         .with_n_threads_batch(args.threads as i32);
     let mut ctx = model.new_context(backend, params).expect("context");
     let vocab = model.vocab();
-    let tokens: Vec<Vec<LlamaToken>> = prompts.iter().map(|p| vocab.tokenize(p.as_bytes(), true, true)).collect();
+    let tokens: Vec<Vec<LlamaToken>> =
+        prompts.iter().map(|p| vocab.tokenize(p.as_bytes(), true, true)).collect();
     let start = Instant::now();
     let mut batch = LlamaBatch::new(2048, 1);
     for (s, toks) in tokens.iter().enumerate() {
@@ -235,7 +242,8 @@ fn main() {
     config.n_ctx = 2048;
     let engine = LlamaCppEngine::load(config).expect("load");
     let backend = hyperllamad::engine::llamacpp::backend().expect("backend");
-    let model = LlamaModel::load_from_file(backend, &args.model, &LlamaModelParams::default()).expect("model");
+    let model =
+        LlamaModel::load_from_file(backend, &args.model, &LlamaModelParams::default()).expect("model");
     let stats = engine.stats();
     let process = hugepages::process_usage(None);
     println!(
@@ -267,12 +275,16 @@ fn main() {
         let r = &raw_run(&model, &args, &one)[0];
         let (eg, ep) = single_rate(e);
         let (rg, rp) = single_rate(r);
-        println!("run {run}: single  engine {eg:6.1} tok/s ({} tok) | llama.cpp loop {rg:6.1} tok/s ({} tok)", e.generated, r.generated);
+        println!(
+            "run {run}: single  engine {eg:6.1} tok/s ({} tok) | llama.cpp loop {rg:6.1} tok/s ({} tok)",
+            e.generated, r.generated
+        );
         e1.push(eg);
         r1.push(rg);
         e1p.push(ep);
         r1p.push(rp);
-        let many: Vec<String> = (0..args.parallel as usize).map(|i| text_of(args.prompt_words, 100 * run + i + 1)).collect();
+        let many: Vec<String> =
+            (0..args.parallel as usize).map(|i| text_of(args.prompt_words, 100 * run + i + 1)).collect();
         let e = engine_run(&engine, &many, args.n_gen, salt + 100);
         let r = raw_run(&model, &args, &many);
         let (ea, ra) = (aggregate(&e), aggregate(&r));

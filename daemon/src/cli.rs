@@ -51,6 +51,9 @@ pub struct Cli {
     /// Log format.
     #[arg(long, env = "HYPERLLAMA_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// HTTP API addresses, comma-separated, e.g. "127.0.0.1:11434,[::1]:11434" (http.listen).
+    #[arg(long, env = "HYPERLLAMA_HTTP_LISTEN", value_delimiter = ',', value_name = "ADDRS")]
+    pub http_listen: Option<Vec<String>>,
     /// Print the effective configuration and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -97,6 +100,9 @@ impl Cli {
         }
         if let Some(v) = self.log_format {
             d.log_format = v;
+        }
+        if let Some(v) = &self.http_listen {
+            config.http.listen.clone_from(v);
         }
     }
 }

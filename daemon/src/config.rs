@@ -282,7 +282,7 @@ pub fn parse_bytes(text: &str) -> Option<u64> {
     };
     let bytes = number * scale;
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    (bytes.is_finite() && bytes >= 0.0 && bytes < 1.8e19).then_some(bytes as u64)
+    (bytes.is_finite() && (0.0..1.8e19).contains(&bytes)).then_some(bytes as u64)
 }
 
 /// Errors found while reading configuration.

@@ -119,12 +119,15 @@ fn format_of(text: &str) -> OutputFormat {
     }
 }
 
+/// Builds the engine request once the model is resolved and its runner is known.
+type BuildRequest = Box<dyn FnOnce(&ResolvedModel, &pb::RunnerHealth) -> Result<GenerateRequest> + Send>;
+
 /// What a request asks of a loaded model, before it is turned into an engine request.
 struct Job {
     who: PeerIdentity,
     model: String,
     keep_alive: Option<i64>,
-    build: Box<dyn FnOnce(&ResolvedModel, &pb::RunnerHealth) -> Result<GenerateRequest> + Send>,
+    build: BuildRequest,
 }
 
 /// The model loaded and a slot granted: what a request holds while it runs.
@@ -343,6 +346,9 @@ pub fn generate(shared: Arc<Shared>, who: PeerIdentity, guard: WorkGuard, req: p
     let uid = who.uid;
     let build = Box::new(move |resolved: &ResolvedModel, health: &pb::RunnerHealth| -> Result<GenerateRequest> {
         let merged = merge_options(&resolved.parameters, req.options.as_ref())?;
+        if !req.images.is_empty() {
+            return Err(Error::InvalidArgument(format!("{} has no vision support; send text only", resolved.name)));
+        }
         let system = if req.system.is_empty() { resolved.system.clone().unwrap_or_default() } else { req.system.clone() };
         let prompt = if req.raw {
             Prompt::Text(req.prompt.clone())

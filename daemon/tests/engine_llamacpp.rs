@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use hyperllamad::engine::llamacpp::{LlamaCppConfig, LlamaCppEngine};
 use hyperllamad::engine::{
-    ChatMessage, ChatPrompt, EmbedRequest, Engine, EngineError, EngineEvent, EventStream, FinishReason, GenerateRequest,
-    OutputFormat, Prompt, RequestStats, SamplingParams,
+    ChatMessage, ChatPrompt, EmbedRequest, Engine, EngineError, EngineEvent, EventStream, FinishReason,
+    GenerateRequest, OutputFormat, Prompt, RequestStats, SamplingParams,
 };
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -82,12 +82,16 @@ fn collect(mut rx: EventStream) -> Outcome {
     while let Some(ev) = rx.blocking_recv() {
         events.push(ev.clone());
         match ev {
-            EngineEvent::PromptDone { prompt_tokens, cached_tokens } => prompt_done = Some((prompt_tokens, cached_tokens)),
+            EngineEvent::PromptDone { prompt_tokens, cached_tokens } => {
+                prompt_done = Some((prompt_tokens, cached_tokens))
+            }
             EngineEvent::Text { text: t, .. } => {
                 assert!(prompt_done.is_some(), "text before PromptDone");
                 text.push_str(&t);
             }
-            EngineEvent::Done { reason, stats } => return Outcome { text, events, reason, stats, prompt_done },
+            EngineEvent::Done { reason, stats } => {
+                return Outcome { text, events, reason, stats, prompt_done };
+            }
             EngineEvent::Error(e) => panic!("engine error: {e}"),
         }
     }
@@ -116,8 +120,7 @@ fn reference_greedy(path: &Path, prompt: &str, n: usize) -> String {
     ctx.decode(&mut batch).expect("decode prompt");
     let mut sampler = LlamaSampler::greedy();
     let mut bytes = Vec::new();
-    let mut pos = tokens.len() as i32;
-    for _ in 0..n {
+    for pos in (tokens.len() as i32..).take(n) {
         let token = sampler.sample(&ctx, batch.n_tokens() - 1);
         sampler.accept(token);
         if model.vocab().is_eog(token) {
@@ -126,7 +129,6 @@ fn reference_greedy(path: &Path, prompt: &str, n: usize) -> String {
         model.vocab().token_to_piece_into(token, &mut bytes, false, None);
         batch.clear();
         batch.add(token, pos, &[0], true).unwrap();
-        pos += 1;
         ctx.decode(&mut batch).expect("decode");
     }
     String::from_utf8_lossy(&bytes).into_owned()
@@ -145,7 +147,7 @@ const PROMPTS: &[&str] = &[
 ];
 
 #[test]
-fn greedy_matches_llama_cpp_alone_and_in_a_batch_of_nine() {
+fn engine_greedy_matches_llama_cpp_alone_and_in_a_batch_of_nine() {
     let path = tiny();
     let n = 48;
     let target = PROMPTS[1];
@@ -179,7 +181,7 @@ fn greedy_matches_llama_cpp_alone_and_in_a_batch_of_nine() {
 }
 
 #[test]
-fn prefix_reuse_is_per_salt_and_exact() {
+fn engine_prefix_reuse_is_per_salt_and_exact() {
     let path = tiny();
     let engine = LlamaCppEngine::load(config(&path)).expect("load");
     let long: String = (0..24).map(|i| format!("sentence number {i} is here. ")).collect();
@@ -213,7 +215,7 @@ fn prefix_reuse_is_per_salt_and_exact() {
 }
 
 #[test]
-fn prefix_is_copied_from_a_busy_sequence() {
+fn engine_prefix_is_copied_from_a_busy_sequence() {
     let path = tiny();
     let engine = LlamaCppEngine::load(config(&path)).expect("load");
     let system: String = (0..40).map(|i| format!("rule {i}: be nice. ")).collect();
@@ -243,7 +245,7 @@ fn wait_idle(engine: &LlamaCppEngine) -> u64 {
 }
 
 #[test]
-fn dropping_the_receiver_frees_the_slot_during_generation() {
+fn engine_dropping_the_receiver_frees_the_slot_during_generation() {
     let engine = LlamaCppEngine::load(config(&tiny())).expect("load");
     let mut rx = engine.generate(request("Once upon a time", 100_000)).unwrap();
     // Read a few tokens, then hang up.
@@ -262,7 +264,7 @@ fn dropping_the_receiver_frees_the_slot_during_generation() {
 }
 
 #[test]
-fn dropping_the_receiver_frees_the_slot_during_prefill() {
+fn engine_dropping_the_receiver_frees_the_slot_during_prefill() {
     let mut c = config(&tiny());
     c.n_ctx = 4096;
     c.n_batch = 16;
@@ -285,7 +287,7 @@ fn dropping_the_receiver_frees_the_slot_during_prefill() {
 }
 
 #[test]
-fn queued_requests_wait_for_a_slot_and_cancel_while_waiting() {
+fn engine_queued_requests_wait_for_a_slot_and_cancel_while_waiting() {
     let mut c = config(&tiny());
     c.n_parallel = 1;
     let engine = LlamaCppEngine::load(c).expect("load");
@@ -303,7 +305,7 @@ fn queued_requests_wait_for_a_slot_and_cancel_while_waiting() {
 }
 
 #[test]
-fn stop_strings_are_never_emitted() {
+fn engine_stop_strings_are_never_emitted() {
     let path = tiny();
     let engine = LlamaCppEngine::load(config(&path)).expect("load");
     let full = run(&engine, request(PROMPTS[0], 60)).text;
@@ -329,7 +331,7 @@ fn stop_strings_are_never_emitted() {
 }
 
 #[test]
-fn output_is_lossless_utf8_and_counts_tokens() {
+fn engine_output_is_lossless_utf8_and_counts_tokens() {
     let path = tiny();
     let engine = LlamaCppEngine::load(config(&path)).expect("load");
     for p in PROMPTS {
@@ -345,7 +347,7 @@ fn output_is_lossless_utf8_and_counts_tokens() {
 }
 
 #[test]
-fn json_format_and_schema_constrain_output() {
+fn engine_json_format_and_schema_constrain_output() {
     let engine = LlamaCppEngine::load(config(&tiny())).expect("load");
     let mut r = request("Give me JSON:", 120);
     r.format = OutputFormat::Json;
@@ -369,7 +371,7 @@ fn json_format_and_schema_constrain_output() {
 }
 
 #[test]
-fn seeded_sampling_is_reproducible_and_penalties_apply() {
+fn engine_seeded_sampling_is_reproducible_and_penalties_apply() {
     let engine = LlamaCppEngine::load(config(&tiny())).expect("load");
     let sampled = |seed: u64| {
         let mut r = request(PROMPTS[7], 40);
@@ -381,7 +383,12 @@ fn seeded_sampling_is_reproducible_and_penalties_apply() {
     assert!(texts.len() > 1, "different seeds all gave the same text");
 
     let mut r = request(PROMPTS[7], 40);
-    r.sampling = SamplingParams { temperature: 0.0, repeat_penalty: 5.0, repeat_last_n: 64, ..SamplingParams::default() };
+    r.sampling = SamplingParams {
+        temperature: 0.0,
+        repeat_penalty: 5.0,
+        repeat_last_n: 64,
+        ..SamplingParams::default()
+    };
     let penalized = run(&engine, r).text;
     assert_ne!(penalized, run(&engine, request(PROMPTS[7], 40)).text);
 
@@ -399,7 +406,7 @@ fn seeded_sampling_is_reproducible_and_penalties_apply() {
 }
 
 #[test]
-fn prompts_longer_than_the_context_are_refused() {
+fn engine_prompts_longer_than_the_context_are_refused() {
     let mut c = config(&tiny());
     c.n_ctx = 64;
     let engine = LlamaCppEngine::load(c).expect("load");
@@ -416,10 +423,13 @@ fn prompts_longer_than_the_context_are_refused() {
 }
 
 #[test]
-fn embeddings_are_normalized_and_deterministic() {
+fn engine_embeddings_are_normalized_and_deterministic() {
     let engine = LlamaCppEngine::load(config(&tiny())).expect("load");
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-    let req = EmbedRequest { inputs: vec!["hello world".into(), "goodbye".into(), "hello world".into()], truncate: false };
+    let req = EmbedRequest {
+        inputs: vec!["hello world".into(), "goodbye".into(), "hello world".into()],
+        truncate: false,
+    };
     let resp = rt.block_on(engine.embed(req)).expect("embed");
     assert_eq!(resp.embeddings.len(), 3);
     for v in &resp.embeddings {
@@ -447,7 +457,7 @@ fn chat(messages: &[(&str, &str)], template: Option<&str>) -> Prompt {
 }
 
 #[test]
-fn chat_templates_from_gguf_override_and_fallback() {
+fn engine_chat_templates_from_gguf_override_and_fallback() {
     let spec = TinyModelSpec {
         chat_template: Some("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}".into()),
         ..TinyModelSpec::default()
@@ -461,14 +471,25 @@ fn chat_templates_from_gguf_override_and_fallback() {
     r.prompt = chat(&[("user", "hi")], None);
     let out = run(&engine, r);
     // BOS + the rendered text.
-    assert_eq!(out.stats.prompt_tokens as usize, engine.tokenize("<|user|>hi\n<|assistant|>", true).unwrap().len());
+    assert_eq!(
+        out.stats.prompt_tokens as usize,
+        engine.tokenize("<|user|>hi\n<|assistant|>", true).unwrap().len()
+    );
 
     // A Modelfile TEMPLATE in Go syntax.
-    let Prompt::Chat(c) = chat(&[("system", "S"), ("user", "hi")], Some("{{ if .System }}[{{ .System }}]{{ end }}Q: {{ .Prompt }}\nA: {{ .Response }}")) else { unreachable!() };
+    let Prompt::Chat(c) = chat(
+        &[("system", "S"), ("user", "hi")],
+        Some("{{ if .System }}[{{ .System }}]{{ end }}Q: {{ .Prompt }}\nA: {{ .Response }}"),
+    ) else {
+        unreachable!()
+    };
     assert_eq!(engine.render_chat(&c).unwrap(), "[S]Q: hi\nA: ");
 
     // Hostile overrides fail fast as invalid requests.
-    for hostile in ["{{ ''.__class__ }}", "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"] {
+    for hostile in [
+        "{{ ''.__class__ }}",
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    ] {
         let mut r = request("", 8);
         r.prompt = chat(&[("user", "hi")], Some(hostile));
         let start = Instant::now();
@@ -487,8 +508,11 @@ fn chat_templates_from_gguf_override_and_fallback() {
 }
 
 #[test]
-fn hostile_template_in_the_model_file_only_fails_chat() {
-    let spec = TinyModelSpec { chat_template: Some("{{ ''.__class__.__mro__ }}".into()), ..TinyModelSpec::default() };
+fn engine_hostile_template_in_the_model_file_only_fails_chat() {
+    let spec = TinyModelSpec {
+        chat_template: Some("{{ ''.__class__.__mro__ }}".into()),
+        ..TinyModelSpec::default()
+    };
     let engine = LlamaCppEngine::load(config(&model_file("hostile", &spec))).expect("load");
     let mut r = request("", 4);
     r.prompt = chat(&[("user", "hi")], None);
@@ -497,7 +521,7 @@ fn hostile_template_in_the_model_file_only_fails_chat() {
 }
 
 #[test]
-fn f16_weights_load_and_info_is_reported() {
+fn engine_f16_weights_load_and_info_is_reported() {
     let spec = TinyModelSpec { f16: true, seed: 7, ..TinyModelSpec::default() };
     let path = model_file("f16", &spec);
     let engine = LlamaCppEngine::load(config(&path)).expect("load");
@@ -510,6 +534,9 @@ fn f16_weights_load_and_info_is_reported() {
 }
 
 #[test]
-fn missing_model_is_a_load_error() {
-    assert!(matches!(LlamaCppEngine::load(LlamaCppConfig::new("/nonexistent/model.gguf")), Err(EngineError::Load(_))));
+fn engine_missing_model_is_a_load_error() {
+    assert!(matches!(
+        LlamaCppEngine::load(LlamaCppConfig::new("/nonexistent/model.gguf")),
+        Err(EngineError::Load(_))
+    ));
 }

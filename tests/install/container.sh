@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # tests/install/container.sh: a throwaway Debian bookworm booted with systemd-nspawn (sourced by run.sh).
 #
 # The base tree is debootstrapped once and cached as a directory in .cache/install-test/ (git-ignored).
@@ -63,10 +64,10 @@ ct_boot() {
 	systemd-nspawn --boot --register=no --keep-unit --volatile=overlay --console=read-only -D "$base" \
 		--machine=hyperllama-test "$@" </dev/null >"$CT_LOG" 2>&1 &
 	CT_NSPAWN=$!
-	local i child self_ns state
+	local child self_ns state
 	self_ns=$(readlink /proc/self/ns/pid)
 	# The container's PID 1 is the child of nspawn that lives in another PID namespace.
-	for i in $(seq 1 300); do
+	for _ in $(seq 1 300); do
 		kill -0 "$CT_NSPAWN" 2>/dev/null || { CT_NSPAWN=; return 2; }
 		for child in $(pgrep -P "$CT_NSPAWN" || true); do
 			if [ "$(readlink "/proc/$child/ns/pid" 2>/dev/null)" != "$self_ns" ] &&
@@ -78,6 +79,7 @@ ct_boot() {
 		sleep 0.2
 	done
 	[ -n "$CT_LEADER" ] || return 2
+	# shellcheck disable=SC2034 # used by run.sh
 	CT_ROOT=/proc/$CT_LEADER/root
 	state=$(ct timeout 120 systemctl is-system-running --wait 2>/dev/null || true)
 	case "$state" in
@@ -114,8 +116,7 @@ ct_stop() {
 	[ -n "${CT_NSPAWN:-}" ] || return 0
 	if kill -0 "$CT_NSPAWN" 2>/dev/null; then
 		kill -TERM "$CT_NSPAWN" 2>/dev/null || true
-		local i
-		for i in $(seq 1 150); do
+		for _ in $(seq 1 150); do
 			kill -0 "$CT_NSPAWN" 2>/dev/null || break
 			sleep 0.2
 		done

@@ -165,7 +165,7 @@ impl GgufBuilder {
             next = (next + size).div_ceil(ALIGNMENT) * ALIGNMENT;
             data_len = data_len.max(next);
         }
-        while out.len() as u64 % ALIGNMENT != 0 {
+        while !(out.len() as u64).is_multiple_of(ALIGNMENT) {
             out.push(0);
         }
         out.resize(out.len() + data_len as usize + self.padding, 0);
@@ -273,7 +273,9 @@ pub fn hostile_files() -> Vec<Hostile> {
     );
     push(
         "huge string length",
-        good.clone().meta("evil.string", Meta::Raw { type_code: 8, bytes: u64::MAX.to_le_bytes().to_vec() }).build(),
+        good.clone()
+            .meta("evil.string", Meta::Raw { type_code: 8, bytes: u64::MAX.to_le_bytes().to_vec() })
+            .build(),
         "over the limit",
     );
     push(

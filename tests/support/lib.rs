@@ -166,11 +166,6 @@ pub fn test_dir() -> (tempfile::TempDir, PathBuf, PathBuf) {
     let hyperctl = copies.next().unwrap();
     let hyperllamad = copies.next().unwrap();
     std::fs::write(dir.path().join("hyperllama.toml"), "").unwrap();
-    // Ephemeral HTTP ports: tests run side by side, and a real Ollama may hold 11434. A drop-in,
-    // so tests that write their own hyperllama.toml keep it.
-    std::fs::create_dir(dir.path().join("conf.d")).unwrap();
-    std::fs::write(dir.path().join("conf.d/00-test-http.toml"), "[http]\nlisten = [\"127.0.0.1:0\", \"[::1]:0\"]\n")
-        .unwrap();
     (dir, hyperctl, hyperllamad)
 }
 
@@ -195,6 +190,12 @@ impl Daemon {
                 options.admin_group.as_deref().unwrap_or("hyperllama-test-no-such-group"),
             ])
             .args(&options.args)
+            // Ephemeral HTTP ports: tests run side by side, and a real Ollama may hold 11434.
+            .args(if options.args.iter().any(|a| a == "--http-listen") {
+                &[][..]
+            } else {
+                &["--http-listen", "127.0.0.1:0,[::1]:0"][..]
+            })
             .env_remove("NOTIFY_SOCKET")
             .env_remove("LISTEN_FDS")
             .env_remove("LISTEN_PID")
@@ -207,6 +208,7 @@ impl Daemon {
     pub fn start(options: DaemonOptions) -> Daemon {
         let (dir, hyperctl, hyperllamad) = test_dir();
         if !options.config.is_empty() {
+            std::fs::create_dir_all(dir.path().join("conf.d")).unwrap();
             std::fs::write(dir.path().join("conf.d/50-test.toml"), &options.config).unwrap();
         }
         let log = dir.path().join("daemon.log");

@@ -22,7 +22,7 @@ use axum::routing::get;
 use futures::StreamExt as _;
 use sha2::{Digest as _, Sha256};
 
-use crate::{Daemon, DaemonOptions, spawn_logged, test_dir};
+use crate::{Daemon, DaemonOptions, test_dir};
 
 /// The token the registry hands out and then requires.
 pub const TOKEN: &str = "test-registry-token";
@@ -181,7 +181,13 @@ impl TestRegistry {
     /// Adds a GGUF to a Hugging Face repository (`owner/repo`).
     pub fn hf_publish(&self, repo: &str, path: &str, bytes: Vec<u8>) -> String {
         let digest = self.put_blob(bytes);
-        self.shared.hf.lock().unwrap().entry(repo.to_string()).or_default().push((path.to_string(), digest.clone()));
+        self.shared
+            .hf
+            .lock()
+            .unwrap()
+            .entry(repo.to_string())
+            .or_default()
+            .push((path.to_string(), digest.clone()));
         digest
     }
 
@@ -230,7 +236,10 @@ impl TestRegistry {
 
     /// Requests that fetched bytes of `digest` (registry, CDN, Hugging Face or file routes).
     pub fn blob_gets(&self, digest: &str) -> Vec<Hit> {
-        self.hits().into_iter().filter(|h| h.path.ends_with(digest) && !h.path.contains("/manifests/")).collect()
+        self.hits()
+            .into_iter()
+            .filter(|h| h.path.ends_with(digest) && !h.path.contains("/manifests/"))
+            .collect()
     }
 
     /// Forgets the request log.
@@ -251,7 +260,8 @@ fn log(shared: &Shared, listener: &'static str, path: String, headers: &HeaderMa
 
 fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
     !shared.require_token.load(Ordering::SeqCst)
-        || headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {TOKEN}"))
+        || headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+            == Some(&format!("Bearer {TOKEN}"))
 }
 
 fn challenge(shared: &Shared, repo: &str) -> Response {
@@ -261,14 +271,22 @@ fn challenge(shared: &Shared, repo: &str) -> Response {
     );
     let mut headers = HeaderMap::new();
     headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_str(&value).unwrap());
-    (StatusCode::UNAUTHORIZED, headers, r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#)
+    (
+        StatusCode::UNAUTHORIZED,
+        headers,
+        r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#,
+    )
         .into_response()
 }
 
 fn forbidden_html() -> Response {
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
-    (StatusCode::FORBIDDEN, headers, "<html>\n<body><h1>403 Forbidden</h1><script>alert(1)</script></body>\n</html>\n")
+    (
+        StatusCode::FORBIDDEN,
+        headers,
+        "<html>\n<body><h1>403 Forbidden</h1><script>alert(1)</script></body>\n</html>\n",
+    )
         .into_response()
 }
 
@@ -304,7 +322,11 @@ async fn manifest(
     }
 }
 
-async fn token(State(shared): State<Arc<Shared>>, Query(q): Query<HashMap<String, String>>, headers: HeaderMap) -> Response {
+async fn token(
+    State(shared): State<Arc<Shared>>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
     log(&shared, "main", format!("/token?scope={}", q.get("scope").cloned().unwrap_or_default()), &headers);
     if q.get("service").map(String::as_str) != Some("test-registry") {
         return StatusCode::BAD_REQUEST.into_response();
@@ -324,18 +346,29 @@ async fn registry_blob(
     if shared.redirect.load(Ordering::SeqCst) {
         let cdn = shared.cdn.lock().unwrap().unwrap();
         let mut out = HeaderMap::new();
-        out.insert(header::LOCATION, HeaderValue::from_str(&format!("http://{cdn}/cdn/{digest}?signed=1")).unwrap());
+        out.insert(
+            header::LOCATION,
+            HeaderValue::from_str(&format!("http://{cdn}/cdn/{digest}?signed=1")).unwrap(),
+        );
         return (StatusCode::TEMPORARY_REDIRECT, out).into_response();
     }
     serve_blob(&shared, &digest, &headers)
 }
 
-async fn cdn_blob(State(shared): State<Arc<Shared>>, UrlPath(digest): UrlPath<String>, headers: HeaderMap) -> Response {
+async fn cdn_blob(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(digest): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
     log(&shared, "cdn", format!("/cdn/{digest}"), &headers);
     serve_blob(&shared, &digest, &headers)
 }
 
-async fn file(State(shared): State<Arc<Shared>>, UrlPath(name): UrlPath<String>, headers: HeaderMap) -> Response {
+async fn file(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(name): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
     let digest = shared.files.lock().unwrap().get(&name).cloned();
     log(&shared, "main", format!("/files/{name}#{}", digest.clone().unwrap_or_default()), &headers);
     match digest {
@@ -347,7 +380,9 @@ async fn file(State(shared): State<Arc<Shared>>, UrlPath(name): UrlPath<String>,
 fn hf_authorized(shared: &Shared, headers: &HeaderMap) -> bool {
     match shared.hf_token.lock().unwrap().as_ref() {
         None => true,
-        Some(t) => headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {t}")),
+        Some(t) => {
+            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {t}"))
+        }
     }
 }
 
@@ -358,14 +393,16 @@ async fn hf_tree(
 ) -> Response {
     log(&shared, "main", format!("/hf/api/models/{owner}/{repo}/tree/main"), &headers);
     if !hf_authorized(&shared, &headers) {
-        return (StatusCode::UNAUTHORIZED, r#"{"error":"Invalid credentials in Authorization header"}"#).into_response();
+        return (StatusCode::UNAUTHORIZED, r#"{"error":"Invalid credentials in Authorization header"}"#)
+            .into_response();
     }
     let files = shared.hf.lock().unwrap().get(&format!("{owner}/{repo}")).cloned();
     let Some(files) = files else {
         return (StatusCode::NOT_FOUND, r#"{"error":"Repository not found"}"#).into_response();
     };
     let blobs = shared.blobs.lock().unwrap();
-    let mut entries = vec![serde_json::json!({"type": "file", "path": "README.md", "size": 10, "oid": "abc"})];
+    let mut entries =
+        vec![serde_json::json!({"type": "file", "path": "README.md", "size": 10, "oid": "abc"})];
     for (path, digest) in files {
         let size = blobs[&digest].len();
         entries.push(serde_json::json!({
@@ -425,7 +462,10 @@ fn serve_blob(shared: &Shared, digest: &str, headers: &HeaderMap) -> Response {
     let mut out = HeaderMap::new();
     out.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if status == StatusCode::PARTIAL_CONTENT {
-        out.insert(header::CONTENT_RANGE, HeaderValue::from_str(&format!("bytes {start}-{}/{len}", end - 1)).unwrap());
+        out.insert(
+            header::CONTENT_RANGE,
+            HeaderValue::from_str(&format!("bytes {start}-{}/{len}", end - 1)).unwrap(),
+        );
     }
     let mut body = data[start..end].to_vec();
     match fault {
@@ -445,8 +485,8 @@ fn serve_blob(shared: &Shared, digest: &str, headers: &HeaderMap) -> Response {
         Some(Fault::Stall(after)) => {
             out.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
             let first = body[..after.min(body.len())].to_vec();
-            let stream = futures::stream::iter(vec![Ok::<_, std::io::Error>(first)])
-                .chain(futures::stream::pending());
+            let stream =
+                futures::stream::iter(vec![Ok::<_, std::io::Error>(first)]).chain(futures::stream::pending());
             return (status, out, Body::from_stream(stream)).into_response();
         }
         Some(Fault::Throttle(per_second)) => {
@@ -464,8 +504,7 @@ fn serve_blob(shared: &Shared, digest: &str, headers: &HeaderMap) -> Response {
     (status, out, body).into_response()
 }
 
-
-/// Starts a daemon whose configuration file holds `config`.
+/// Starts a daemon whose configuration file holds `config` (`""` for the defaults).
 pub fn start_daemon(config: &str, options: &DaemonOptions) -> Daemon {
     let (dir, _hyperctl, hyperllamad) = test_dir();
     std::fs::write(dir.path().join("hyperllama.toml"), config).unwrap();
@@ -476,8 +515,26 @@ fn spawn_on(dir: tempfile::TempDir, hyperllamad: &Path, options: &DaemonOptions)
     let log = dir.path().join("daemon.log");
     let socket = dir.path().join("run/control.sock");
     let mut command = Daemon::command(dir.path(), hyperllamad, options);
-    let child = spawn_logged(&mut command, &log);
+    let child = spawn_retrying(&mut command, &log);
     Daemon::adopt(child, dir, socket, log)
+}
+
+/// Spawns with output to `log`, retrying while the binary is "busy": another test thread may be
+/// forking while this test's copy of the binary is still open for writing (ETXTBSY).
+fn spawn_retrying(command: &mut std::process::Command, log: &Path) -> std::process::Child {
+    let mut attempts = 0;
+    loop {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        command.stdout(file.try_clone().unwrap()).stderr(file).stdin(std::process::Stdio::null());
+        match command.spawn() {
+            Ok(child) => return child,
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempts < 100 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("spawn hyperllamad: {e}"),
+        }
+    }
 }
 
 /// A daemon's directories while it is not running.
@@ -522,7 +579,9 @@ pub fn blobs_dir(daemon: &Daemon) -> PathBuf {
 /// Every file in the blob directory: (name, whether its sha256 matches its name).
 pub fn blob_files(daemon: &Daemon) -> Vec<(String, bool)> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(blobs_dir(daemon)).map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default() {
+    for entry in
+        std::fs::read_dir(blobs_dir(daemon)).map(|d| d.flatten().collect::<Vec<_>>()).unwrap_or_default()
+    {
         let name = entry.file_name().to_string_lossy().into_owned();
         let bytes = std::fs::read(entry.path()).unwrap_or_default();
         let ok = name == format!("sha256-{}", hex::encode(Sha256::digest(&bytes)));

@@ -246,7 +246,7 @@ pub fn tiny_llama_bytes(spec: &TinyModelSpec) -> Vec<u8> {
 const ALIGN: usize = 32;
 
 fn pad(buf: &mut Vec<u8>) {
-    while buf.len() % ALIGN != 0 {
+    while !buf.len().is_multiple_of(ALIGN) {
         buf.push(0);
     }
 }

@@ -60,7 +60,20 @@ pub async fn ps(client: &mut Client) -> Result<String> {
         })
         .collect();
     Ok(table(
-        &["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL", "ENGINE", "CPUS", "KV", "HUGE PAGES", "ACTIVE", "PID"],
+        &[
+            "NAME",
+            "ID",
+            "SIZE",
+            "PROCESSOR",
+            "CONTEXT",
+            "UNTIL",
+            "ENGINE",
+            "CPUS",
+            "KV",
+            "HUGE PAGES",
+            "ACTIVE",
+            "PID",
+        ],
         &rows,
     ))
 }

@@ -34,7 +34,11 @@ fn to_pb(p: Progress) -> pb::Progress {
 
 /// Runs `work` on its own task, streaming its progress; the task holds `guard`, and stops at the
 /// drain's cancellation or when the client has gone.
-fn drive<F>(shared: &Shared, guard: WorkGuard, work: impl FnOnce(ProgressSink) -> F) -> RpcStream<pb::Progress>
+fn drive<F>(
+    shared: &Shared,
+    guard: WorkGuard,
+    work: impl FnOnce(ProgressSink) -> F,
+) -> RpcStream<pb::Progress>
 where
     F: Future<Output = Result<(), Error>> + Send + 'static,
 {
@@ -65,7 +69,12 @@ where
 }
 
 /// Whether the caller may pull: administrators, and members of `store.pull_groups`.
-fn authorize_pull<T>(svc: &ControlService, request: &Request<T>, who: &PeerIdentity, model: &str) -> Result<(), Error> {
+fn authorize_pull<T>(
+    svc: &ControlService,
+    request: &Request<T>,
+    who: &PeerIdentity,
+    model: &str,
+) -> Result<(), Error> {
     if who.admin {
         return Ok(());
     }
@@ -95,7 +104,7 @@ pub(crate) fn in_group(uid: u32, gid: Option<u32>, group: &str) -> bool {
         return true;
     }
     let Ok(Some(user)) = User::from_uid(nix::unistd::Uid::from_raw(uid)) else { return false };
-    if user.gid == group.gid || group.mem.iter().any(|m| *m == user.name) {
+    if user.gid == group.gid || group.mem.contains(&user.name) {
         return true;
     }
     let Ok(name) = CString::new(user.name.as_bytes()) else { return false };
@@ -103,7 +112,10 @@ pub(crate) fn in_group(uid: u32, gid: Option<u32>, group: &str) -> bool {
 }
 
 /// `Pull`.
-pub async fn pull(svc: &ControlService, request: Request<pb::PullRequest>) -> Result<Response<RpcStream<pb::Progress>>, Status> {
+pub async fn pull(
+    svc: &ControlService,
+    request: Request<pb::PullRequest>,
+) -> Result<Response<RpcStream<pb::Progress>>, Status> {
     let who = svc.caller(&request)?;
     authorize_pull(svc, &request, &who, &request.get_ref().model)?;
     let guard = svc.shared.lifecycle.begin()?;
@@ -134,7 +146,9 @@ pub async fn create(
         Ok(pb::CreateRequest { item: Some(pb::create_request::Item::FileStart(f)) }) => {
             Ok(Upload::Start { index: f.index, size: f.size, display_name: f.display_name })
         }
-        Ok(pb::CreateRequest { item: Some(pb::create_request::Item::Chunk(bytes)) }) => Ok(Upload::Chunk(bytes)),
+        Ok(pb::CreateRequest { item: Some(pb::create_request::Item::Chunk(bytes)) }) => {
+            Ok(Upload::Chunk(bytes))
+        }
         Ok(_) => Err(Error::InvalidArgument("a Create stream has one header, then files".into())),
         Err(status) => Err(Error::InvalidArgument(format!("the upload broke off: {}", status.message()))),
     });
@@ -146,7 +160,10 @@ pub async fn create(
 }
 
 /// `List`.
-pub async fn list(svc: &ControlService, request: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+pub async fn list(
+    svc: &ControlService,
+    request: Request<pb::ListRequest>,
+) -> Result<Response<pb::ListResponse>, Status> {
     let _admitted = svc.admit(&request, Action::Inspect)?;
     let store = &svc.shared.store;
     let models = store
@@ -172,7 +189,10 @@ pub async fn list(svc: &ControlService, request: Request<pb::ListRequest>) -> Re
 }
 
 /// `Show`.
-pub async fn show(svc: &ControlService, request: Request<pb::ShowRequest>) -> Result<Response<pb::ShowResponse>, Status> {
+pub async fn show(
+    svc: &ControlService,
+    request: Request<pb::ShowRequest>,
+) -> Result<Response<pb::ShowResponse>, Status> {
     let _admitted = svc.admit(&request, Action::Inspect)?;
     let d = svc.shared.store.details(&request.get_ref().model, request.get_ref().verbose).await?;
     Ok(Response::new(pb::ShowResponse {
@@ -195,7 +215,10 @@ pub async fn show(svc: &ControlService, request: Request<pb::ShowRequest>) -> Re
 }
 
 /// `Copy`.
-pub async fn copy(svc: &ControlService, request: Request<pb::CopyRequest>) -> Result<Response<pb::CopyResponse>, Status> {
+pub async fn copy(
+    svc: &ControlService,
+    request: Request<pb::CopyRequest>,
+) -> Result<Response<pb::CopyResponse>, Status> {
     let (who, _guard) = svc.admit(&request, Action::Copy)?;
     let r = request.get_ref();
     svc.shared.store.copy(&r.source, &r.destination, &requester(&who)).await?;
@@ -203,7 +226,10 @@ pub async fn copy(svc: &ControlService, request: Request<pb::CopyRequest>) -> Re
 }
 
 /// `Delete`.
-pub async fn delete(svc: &ControlService, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+pub async fn delete(
+    svc: &ControlService,
+    request: Request<pb::DeleteRequest>,
+) -> Result<Response<pb::DeleteResponse>, Status> {
     let (who, _guard) = svc.admit(&request, Action::Delete)?;
     let freed_bytes = svc.shared.store.delete(&request.get_ref().model, &requester(&who)).await?;
     Ok(Response::new(pb::DeleteResponse { freed_bytes }))

@@ -30,7 +30,11 @@ impl PenaltyWindow {
             n => n as usize,
         };
         // llama.cpp requires a positive repeat penalty; treat anything else as "off".
-        let repeat = if params.repeat_penalty > 0.0 && params.repeat_penalty.is_finite() { params.repeat_penalty } else { 1.0 };
+        let repeat = if params.repeat_penalty > 0.0 && params.repeat_penalty.is_finite() {
+            params.repeat_penalty
+        } else {
+            1.0
+        };
         Self {
             last_n,
             repeat,
@@ -150,7 +154,11 @@ pub fn seed32(seed: Option<u64>) -> u32 {
         None => {
             use std::hash::{BuildHasher, Hasher};
             let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
+            h.write_u64(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64),
+            );
             h.finish()
         }
     };

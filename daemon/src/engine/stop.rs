@@ -194,7 +194,7 @@ mod tests {
                 x ^= x << 13;
                 x ^= x >> 17;
                 x ^= x << 5;
-                if x % 3 == 0 { 0xc0 | (x >> 8) as u8 & 0x3f } else { (x >> 16) as u8 }
+                if x.is_multiple_of(3) { 0xc0 | (x >> 8) as u8 & 0x3f } else { (x >> 16) as u8 }
             })
             .collect();
         let chunks: Vec<&[u8]> = bytes.chunks(3).collect();

@@ -206,10 +206,15 @@ fn build_context(chat: &ChatPrompt, special: &SpecialTokens) -> Result<RenderCon
 }
 
 fn parse_json(json: &str, what: &str) -> Result<Value, TemplateError> {
-    serde_json::from_str::<Value>(json).map_err(|e| TemplateError::Render(format!("{what} is not valid JSON: {e}")))
+    serde_json::from_str::<Value>(json)
+        .map_err(|e| TemplateError::Render(format!("{what} is not valid JSON: {e}")))
 }
 
-fn render_compiled(compiled: &Compiled, ctx: &RenderContext, limits: TemplateLimits) -> Result<String, TemplateError> {
+fn render_compiled(
+    compiled: &Compiled,
+    ctx: &RenderContext,
+    limits: TemplateLimits,
+) -> Result<String, TemplateError> {
     let out = match compiled {
         Compiled::Jinja(env) | Compiled::GoMessages(env) => {
             let vars = minijinja::context! {
@@ -237,7 +242,11 @@ fn last_system(messages: &[ChatMessage]) -> String {
 
 /// Ollama's execution of templates without `.Messages`: one render per (system, prompt,
 /// response) turn, the last one with the template cut after `.Response`.
-fn render_go_legacy(env: &Environment<'static>, ctx: &RenderContext, limits: TemplateLimits) -> Result<String, TemplateError> {
+fn render_go_legacy(
+    env: &Environment<'static>,
+    ctx: &RenderContext,
+    limits: TemplateLimits,
+) -> Result<String, TemplateError> {
     let mut out = String::new();
     let (mut system, mut prompt, mut response) = (String::new(), String::new(), String::new());
     let turn = |name: &str, s: &mut String, p: &mut String, r: &mut String, out: &mut String| {
@@ -274,7 +283,12 @@ fn render_go_legacy(env: &Environment<'static>, ctx: &RenderContext, limits: Tem
     Ok(out)
 }
 
-fn render_named(env: &Environment<'static>, name: &str, vars: Value, limits: TemplateLimits) -> Result<String, TemplateError> {
+fn render_named(
+    env: &Environment<'static>,
+    name: &str,
+    vars: Value,
+    limits: TemplateLimits,
+) -> Result<String, TemplateError> {
     let tmpl = env.get_template(name).map_err(|e| TemplateError::Syntax(describe(&e)))?;
     let mut buf = CappedWriter { buf: Vec::new(), cap: limits.max_output_bytes };
     tmpl.render_captured_to(vars, &mut buf).map_err(classify)?;
@@ -340,11 +354,17 @@ where
         Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
             Err(TemplateError::Limit(format!("took longer than {} ms", limits.timeout.as_millis())))
         }
-        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(TemplateError::Render("the template thread failed".into())),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            Err(TemplateError::Render("the template thread failed".into()))
+        }
     }
 }
 
-fn add_template(env: &mut Environment<'static>, name: &'static str, source: String) -> Result<(), TemplateError> {
+fn add_template(
+    env: &mut Environment<'static>,
+    name: &'static str,
+    source: String,
+) -> Result<(), TemplateError> {
     env.add_template_owned(name, source).map_err(|e| TemplateError::Syntax(describe(&e)))
 }
 
@@ -396,7 +416,9 @@ fn refuse_python_internals(source: &str) -> Result<(), TemplateError> {
         };
         let end = tail.find(close).map_or(tail.len(), |e| e + 2);
         if tail[..end].contains("__") {
-            return Err(TemplateError::Syntax("templates may not use names with `__` (Python internals)".into()));
+            return Err(TemplateError::Syntax(
+                "templates may not use names with `__` (Python internals)".into(),
+            ));
         }
         rest = &tail[end..];
     }
@@ -425,7 +447,8 @@ fn render_fallback(messages: &[ChatMessage], add_generation_prompt: bool) -> Str
     let turns: Vec<&ChatMessage> = messages.iter().filter(|m| m.role != "system").collect();
     let single_user = turns.len() <= 1 && turns.iter().all(|m| m.role == "user");
     if single_user {
-        let parts: Vec<&str> = messages.iter().map(|m| m.content.as_str()).filter(|c| !c.is_empty()).collect();
+        let parts: Vec<&str> =
+            messages.iter().map(|m| m.content.as_str()).filter(|c| !c.is_empty()).collect();
         return parts.join("\n\n");
     }
     let mut out = String::new();

@@ -104,7 +104,10 @@ fn check_tensor_layout(
     for t in tensors {
         let bad = |reason: String| GgufError::BadTensor { name: printable(&t.name), reason };
         if t.offset % alignment != 0 {
-            return Err(bad(format!("its offset {} is not a multiple of the alignment {alignment}", t.offset)));
+            return Err(bad(format!(
+                "its offset {} is not a multiple of the alignment {alignment}",
+                t.offset
+            )));
         }
         let end = t.offset.checked_add(t.size_bytes).filter(|end| *end <= data_len).ok_or_else(|| {
             bad(format!(
@@ -244,7 +247,11 @@ impl<R: Read> Cursor<'_, R> {
     fn skip_string(&mut self, what: &str) -> Result<(), GgufError> {
         let len = self.u64(what)?;
         if len > self.limits.max_string_len {
-            return Err(GgufError::TooLarge { what: what.into(), size: len, limit: self.limits.max_string_len });
+            return Err(GgufError::TooLarge {
+                what: what.into(),
+                size: len,
+                limit: self.limits.max_string_len,
+            });
         }
         self.skip(len, what)
     }
@@ -315,7 +322,9 @@ impl<R: Read> Cursor<'_, R> {
                         ValueType::String => self.skip_string(&what)?,
                         ValueType::Bool => {
                             if self.bytes_array::<1>(&what)?[0] > 1 {
-                                return Err(GgufError::Invalid(format!("{what} holds a bool that is not 0 or 1")));
+                                return Err(GgufError::Invalid(format!(
+                                    "{what} holds a bool that is not 0 or 1"
+                                )));
                             }
                         }
                         // Nested arrays are read (and checked) in full, then dropped.

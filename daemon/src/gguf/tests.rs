@@ -90,7 +90,8 @@ fn byte_flips_never_panic() {
 
 #[test]
 fn reads_the_real_gemma_file_when_present() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/gemma/gemma-3-270m-Q4_K_M.gguf");
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/gemma/gemma-3-270m-Q4_K_M.gguf");
     if !path.exists() {
         eprintln!("SKIPPED: reads_the_real_gemma_file_when_present: {} is absent", path.display());
         return;

@@ -25,7 +25,12 @@ pub struct Challenge {
 impl Challenge {
     /// The Bearer challenge of a 401 response, if it has one.
     pub fn from_response(response: &Response) -> Option<Challenge> {
-        response.headers().get_all(WWW_AUTHENTICATE).iter().filter_map(|v| v.to_str().ok()).find_map(Self::parse)
+        response
+            .headers()
+            .get_all(WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(Self::parse)
     }
 
     /// Parses `Bearer realm="…",service="…",scope="…"`.
@@ -41,7 +46,8 @@ impl Challenge {
             while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
                 chars.next();
             }
-            let key: String = chars.by_ref().take_while(|c| *c != '=').collect::<String>().trim().to_ascii_lowercase();
+            let key: String =
+                chars.by_ref().take_while(|c| *c != '=').collect::<String>().trim().to_ascii_lowercase();
             if key.is_empty() {
                 break;
             }
@@ -61,7 +67,11 @@ impl Challenge {
             };
             fields.insert(key, value);
         }
-        Some(Challenge { realm: fields.remove("realm")?, service: fields.remove("service"), scope: fields.remove("scope") })
+        Some(Challenge {
+            realm: fields.remove("realm")?,
+            service: fields.remove("service"),
+            scope: fields.remove("scope"),
+        })
     }
 }
 
@@ -74,13 +84,21 @@ pub struct Tokens {
 impl Tokens {
     /// A token already obtained for `url`'s origin.
     pub fn cached(&self, url: &Url) -> Option<HeaderValue> {
-        self.by_origin.lock().unwrap_or_else(|e| e.into_inner()).get(&url.origin().ascii_serialization()).cloned()
+        self.by_origin
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&url.origin().ascii_serialization())
+            .cloned()
     }
 
     /// Answers `challenge` (received from `url`) and remembers the token for `url`'s origin.
     pub async fn fetch(&self, http: &Http, url: &Url, challenge: &Challenge) -> Result<HeaderValue> {
         let mut realm = Url::parse(&challenge.realm).map_err(|_| {
-            Error::Registry(format!("{} sent an unusable token realm {:?}", host_port(url), one_line(&challenge.realm, 100)))
+            Error::Registry(format!(
+                "{} sent an unusable token realm {:?}",
+                host_port(url),
+                one_line(&challenge.realm, 100)
+            ))
         })?;
         http.check_url(&realm)?;
         {
@@ -105,8 +123,9 @@ impl Tokens {
             .or_else(|| json.get("access_token"))
             .and_then(|t| t.as_str())
             .ok_or_else(|| Error::Registry(format!("{} sent no token", host_port(&realm))))?;
-        let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
-            .map_err(|_| Error::Registry(format!("{} sent a token that is not a header value", host_port(&realm))))?;
+        let mut value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+            Error::Registry(format!("{} sent a token that is not a header value", host_port(&realm)))
+        })?;
         value.set_sensitive(true);
         self.by_origin
             .lock()

@@ -130,7 +130,12 @@ struct Transfer {
 }
 
 /// Fetches `request` into the store. Returns once the verified blob is in place.
-pub async fn download(http: Arc<Http>, layout: Layout, request: BlobRequest, flight: FlightHandle) -> Result<()> {
+pub async fn download(
+    http: Arc<Http>,
+    layout: Layout,
+    request: BlobRequest,
+    flight: FlightHandle,
+) -> Result<()> {
     let digest = request.digest;
     if layout.has_blob(&digest, request.size) {
         flight.progress.send_modify(|s| s.completed = request.size);
@@ -226,10 +231,12 @@ async fn run(
     let file = Arc::new(open_partial(&paths.partial)?);
     let done = record.done();
     flight.progress.send_modify(|s| s.completed = done);
-    let pending: Vec<usize> = (0..record.parts.len()).filter(|i| {
-        let p = record.parts[*i];
-        p.start + p.done < p.end
-    }).collect();
+    let pending: Vec<usize> = (0..record.parts.len())
+        .filter(|i| {
+            let p = record.parts[*i];
+            p.start + p.done < p.end
+        })
+        .collect();
     let single = record.parts.len() == 1;
     let transfer = Arc::new(Transfer {
         http: Arc::clone(http),
@@ -336,11 +343,15 @@ async fn fetch_part(t: Arc<Transfer>, i: usize) -> Result<(), Failure> {
         }
         let outcome = match t.http.get(&url, headers).await {
             Ok(response) => match response.status() {
-                StatusCode::PARTIAL_CONTENT if range.is_some() && content_range_matches(&response, from, part.end, size) => {
+                StatusCode::PARTIAL_CONTENT
+                    if range.is_some() && content_range_matches(&response, from, part.end, size) =>
+                {
                     stream_into(&t, i, response, from, part.end).await
                 }
                 StatusCode::PARTIAL_CONTENT => return Err(Failure::RangeIgnored),
-                StatusCode::OK if from == 0 && part.end == size => stream_into(&t, i, response, from, part.end).await,
+                StatusCode::OK if from == 0 && part.end == size => {
+                    stream_into(&t, i, response, from, part.end).await
+                }
                 StatusCode::OK => return Err(Failure::RangeIgnored),
                 status => {
                     let body = t.http.small_body(response, 64 << 10, &url).await.unwrap_or_default();
@@ -436,7 +447,10 @@ mod tests {
     #[test]
     fn plans_split_large_blobs_and_bound_the_part_count() {
         let r = PartsRecord::fresh(250, 100);
-        assert_eq!(r.parts.iter().map(|p| (p.start, p.end)).collect::<Vec<_>>(), vec![(0, 100), (100, 200), (200, 250)]);
+        assert_eq!(
+            r.parts.iter().map(|p| (p.start, p.end)).collect::<Vec<_>>(),
+            vec![(0, 100), (100, 200), (200, 250)]
+        );
         assert!(r.valid_for(250));
         assert_eq!(PartsRecord::fresh(10, 100).parts.len(), 1);
         assert_eq!(PartsRecord::fresh(1 << 40, 1 << 20).parts.len(), 256);

@@ -61,23 +61,32 @@ pub async fn resolve(http: &Http, endpoint: &str, repo: &str, selector: &HfSelec
     let body = http.small_body(response, MAX_LISTING, &listing).await?;
     if status != StatusCode::OK {
         return Err(match super::status_error(status, &listing, &format!("repository {repo}"), &body) {
-            Error::NotFound(_) => Error::NotFound(format!("Hugging Face repository {repo} not found (or gated: set store.hf_token)")),
+            Error::NotFound(_) => Error::NotFound(format!(
+                "Hugging Face repository {repo} not found (or gated: set store.hf_token)"
+            )),
             other => other,
         });
     }
-    let entries: Vec<TreeEntry> = serde_json::from_slice(&body)
-        .map_err(|e| Error::Registry(format!("the file listing of {repo} is not what Hugging Face sends: {e}")))?;
+    let entries: Vec<TreeEntry> = serde_json::from_slice(&body).map_err(|e| {
+        Error::Registry(format!("the file listing of {repo} is not what Hugging Face sends: {e}"))
+    })?;
     let chosen = choose(&entries, selector, repo)?;
     let lfs = chosen.lfs.as_ref().ok_or_else(|| {
         Error::Registry(format!("{} in {repo} is not stored with LFS, so its sha256 is unknown", chosen.path))
     })?;
-    let digest = Digest::parse(&format!("sha256:{}", lfs.oid))
-        .map_err(|_| Error::Registry(format!("{} in {repo} has no valid sha256 in its listing", chosen.path)))?;
+    let digest = Digest::parse(&format!("sha256:{}", lfs.oid)).map_err(|_| {
+        Error::Registry(format!("{} in {repo} has no valid sha256 in its listing", chosen.path))
+    })?;
     let mut url = base;
     {
-        let mut segments =
-            url.path_segments_mut().map_err(|_| Error::InvalidArgument("store.hf_endpoint is not a URL".into()))?;
-        segments.pop_if_empty().extend(repo.split('/')).extend(["resolve", "main"]).extend(chosen.path.split('/'));
+        let mut segments = url
+            .path_segments_mut()
+            .map_err(|_| Error::InvalidArgument("store.hf_endpoint is not a URL".into()))?;
+        segments
+            .pop_if_empty()
+            .extend(repo.split('/'))
+            .extend(["resolve", "main"])
+            .extend(chosen.path.split('/'));
     }
     let size = if lfs.size > 0 { lfs.size } else { chosen.size };
     Ok(HfFile { path: chosen.path.clone(), digest, size, url })
@@ -92,8 +101,7 @@ fn has_quant(file: &str, quant: &str) -> bool {
     stem.match_indices(&quant).any(|(at, _)| {
         let before = stem[..at].chars().next_back();
         let after = stem[at + quant.len()..].chars().next();
-        before.is_none_or(|c| matches!(c, '-' | '.' | '_'))
-            && after.is_none_or(|c| matches!(c, '-' | '.'))
+        before.is_none_or(|c| matches!(c, '-' | '.' | '_')) && after.is_none_or(|c| matches!(c, '-' | '.'))
     })
 }
 
@@ -107,7 +115,9 @@ fn choose<'a>(entries: &'a [TreeEntry], selector: &HfSelector, repo: &str) -> Re
     let found = match selector {
         HfSelector::File(path) => {
             let hit = entries.iter().find(|e| e.kind == "file" && e.path == *path);
-            return hit.ok_or_else(|| Error::NotFound(format!("{path} not found in Hugging Face repository {repo}")));
+            return hit.ok_or_else(|| {
+                Error::NotFound(format!("{path} not found in Hugging Face repository {repo}"))
+            });
         }
         HfSelector::Quant(q) if q.eq_ignore_ascii_case("latest") && ggufs.len() == 1 => ggufs.clone(),
         HfSelector::Quant(q) if q.eq_ignore_ascii_case("latest") => {
@@ -117,7 +127,11 @@ fn choose<'a>(entries: &'a [TreeEntry], selector: &HfSelector, repo: &str) -> Re
     };
     let available = || {
         let names: Vec<&str> = ggufs.iter().map(|e| e.path.as_str()).take(20).collect();
-        if names.is_empty() { "it has no GGUF files".to_string() } else { format!("it has {}", names.join(", ")) }
+        if names.is_empty() {
+            "it has no GGUF files".to_string()
+        } else {
+            format!("it has {}", names.join(", "))
+        }
     };
     match found.as_slice() {
         [one] if split(one) => Err(Error::InvalidArgument(format!(

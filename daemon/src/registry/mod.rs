@@ -78,7 +78,8 @@ impl Http {
             .tls_danger_accept_invalid_certs(insecure)
             .build()
             .map_err(|e| Error::Internal(format!("cannot build the HTTP client: {e}")))?;
-        let hf_origin = Url::parse(&config.hf_endpoint).map(|u| u.origin().ascii_serialization()).unwrap_or_default();
+        let hf_origin =
+            Url::parse(&config.hf_endpoint).map(|u| u.origin().ascii_serialization()).unwrap_or_default();
         let hf_token = config
             .hf_token
             .clone()
@@ -168,7 +169,11 @@ impl Http {
                 Err(_) => return Err(stalled(url, self.stall)),
             };
             if body.len() + chunk.len() > limit {
-                return Err(Error::Registry(format!("{} sent more than {limit} bytes for {}", host_port(url), url.path())));
+                return Err(Error::Registry(format!(
+                    "{} sent more than {limit} bytes for {}",
+                    host_port(url),
+                    url.path()
+                )));
             }
             body.extend_from_slice(&chunk);
         }

@@ -27,7 +27,12 @@ pub fn blob_url(base: &Url, name: &ModelName, digest: &Digest) -> Result<Url> {
 }
 
 /// Fetches and checks the manifest of `name`; returns its bytes and the parsed manifest.
-pub async fn fetch_manifest(http: &Http, base: &Url, name: &ModelName, shown: &str) -> Result<(Vec<u8>, Manifest)> {
+pub async fn fetch_manifest(
+    http: &Http,
+    base: &Url,
+    name: &ModelName,
+    shown: &str,
+) -> Result<(Vec<u8>, Manifest)> {
     let url = base
         .join(&format!("v2/{}/{}/manifests/{}", name.namespace, name.model, name.tag))
         .map_err(|e| Error::Internal(format!("manifest URL: {e}")))?;

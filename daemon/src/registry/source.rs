@@ -67,7 +67,9 @@ impl PullSource {
     /// The name the model is stored under.
     pub fn name(&self) -> &ModelName {
         match self {
-            PullSource::Registry(n) | PullSource::HuggingFace { name: n, .. } | PullSource::Url { name: n, .. } => n,
+            PullSource::Registry(n)
+            | PullSource::HuggingFace { name: n, .. }
+            | PullSource::Url { name: n, .. } => n,
         }
     }
 }
@@ -122,12 +124,13 @@ fn tag_from_file(path: &str) -> String {
 }
 
 fn parse_url(text: &str, default_host: &str) -> Result<PullSource> {
-    let (url_text, digest_text) = text.rsplit_once('@').filter(|(_, d)| d.starts_with("sha256:")).ok_or_else(|| {
-        Error::InvalidArgument(format!(
-            "a URL pull needs the file's digest: {}@sha256:<64 hex digits>",
-            shorten(text)
-        ))
-    })?;
+    let (url_text, digest_text) =
+        text.rsplit_once('@').filter(|(_, d)| d.starts_with("sha256:")).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "a URL pull needs the file's digest: {}@sha256:<64 hex digits>",
+                shorten(text)
+            ))
+        })?;
     let digest = Digest::parse(digest_text).map_err(|e| Error::InvalidArgument(e.to_string()))?;
     let url = Url::parse(url_text)
         .map_err(|e| Error::InvalidArgument(format!("invalid URL {:?}: {e}", shorten(url_text))))?;
@@ -188,7 +191,8 @@ mod tests {
 
     #[test]
     fn urls_need_a_digest() {
-        let ok = PullSource::parse(&format!("https://example.com/m/Tiny-Model.Q4.gguf@sha256:{HEX}"), HOST).unwrap();
+        let ok = PullSource::parse(&format!("https://example.com/m/Tiny-Model.Q4.gguf@sha256:{HEX}"), HOST)
+            .unwrap();
         match ok {
             PullSource::Url { name, url, digest } => {
                 assert_eq!(name.display(HOST), "tiny-model.q4:latest");
@@ -197,7 +201,9 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(PullSource::parse("https://example.com/m.gguf", HOST).unwrap_err().to_string().contains("digest"));
+        assert!(
+            PullSource::parse("https://example.com/m.gguf", HOST).unwrap_err().to_string().contains("digest")
+        );
         assert!(PullSource::parse("https://example.com/m.gguf@sha256:../../x", HOST).is_err());
         assert!(PullSource::parse(&format!("https://example.com/m.bin@sha256:{HEX}"), HOST).is_err());
     }

@@ -204,6 +204,16 @@ fn terminate(pid: u32) {
     }
 }
 
+/// Splits a runner log line into its level and message; lines without a level are INFO.
+fn split_level(line: &str) -> (tracing::Level, &str) {
+    let trimmed = line.trim_start();
+    let (word, rest) = trimmed.split_once(' ').unwrap_or((trimmed, ""));
+    match word.parse::<tracing::Level>() {
+        Ok(level) => (level, rest.trim_start()),
+        Err(_) => (tracing::Level::INFO, line),
+    }
+}
+
 /// Sends the runner's stdout and stderr to the daemon's log, tagged with the model, keeping the
 /// last lines for error messages.
 fn forward_output(child: &mut Child, name: &str, pid: u32, last: &Arc<Mutex<VecDeque<String>>>) {
@@ -216,7 +226,18 @@ fn forward_output(child: &mut Child, name: &str, pid: u32, last: &Arc<Mutex<VecD
         tokio::spawn(async move {
             let mut lines = BufReader::new(stream).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                tracing::info!(target: "hyperllamad::runner", model = %name, pid, "{line}");
+                if line.trim().is_empty() {
+                    continue;
+                }
+                // The runner logs "LEVEL message" lines; keep their level in the daemon's log.
+                let (level, message) = split_level(&line);
+                match level {
+                    tracing::Level::ERROR => tracing::error!(target: "hyperllamad::runner", model = %name, pid, "{message}"),
+                    tracing::Level::WARN => tracing::warn!(target: "hyperllamad::runner", model = %name, pid, "{message}"),
+                    tracing::Level::INFO => tracing::info!(target: "hyperllamad::runner", model = %name, pid, "{message}"),
+                    tracing::Level::DEBUG => tracing::debug!(target: "hyperllamad::runner", model = %name, pid, "{message}"),
+                    _ => tracing::trace!(target: "hyperllamad::runner", model = %name, pid, "{message}"),
+                }
                 let mut kept = last.lock().unwrap_or_else(|e| e.into_inner());
                 if kept.len() == KEPT_LINES {
                     kept.pop_front();
@@ -224,5 +245,17 @@ fn forward_output(child: &mut Child, name: &str, pid: u32, last: &Arc<Mutex<VecD
                 kept.push_back(line);
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runner_log_levels_are_kept() {
+        assert_eq!(split_level("  WARN kv cache is small"), (tracing::Level::WARN, "kv cache is small"));
+        assert_eq!(split_level("DEBUG advise"), (tracing::Level::DEBUG, "advise"));
+        assert_eq!(split_level("llama_model_loader: loaded"), (tracing::Level::INFO, "llama_model_loader: loaded"));
     }
 }

@@ -193,6 +193,8 @@ pub async fn run(
     if nix::unistd::Uid::effective().is_root() {
         return Err("model runners never run as root".into());
     }
+    // Started as /proc/self/exe, it would show as "exe" in ps and the journal.
+    let _ = nix::sys::prctl::set_name(c"hl-runner");
     // Die with the daemon, whatever killed it.
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(|e| e.to_string())?;
     let cpus = parse_cpu_list(&args.cpus)?;

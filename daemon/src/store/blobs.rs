@@ -88,9 +88,7 @@ impl Layout {
 
 /// Fsyncs a directory so renames and removals in it survive a crash.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(Error::io(format!("sync directory {}", dir.display())))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(Error::io(format!("sync directory {}", dir.display())))
 }
 
 /// Hashes a file, returning its digest and length.

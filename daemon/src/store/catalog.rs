@@ -157,15 +157,18 @@ pub async fn register(db: &SqlitePool, m: &NewModel<'_>) -> Result<Vec<(Digest, 
     .await?
     .rows_affected();
     if inserted == 1 {
-        let layers = std::iter::once((-1i64, &m.manifest.config)).chain((0i64..).zip(m.manifest.layers.iter()));
+        let layers =
+            std::iter::once((-1i64, &m.manifest.config)).chain((0i64..).zip(m.manifest.layers.iter()));
         for (position, layer) in layers {
-            sqlx::query("INSERT INTO manifest_layers (manifest, position, media_type, blob) VALUES (?1, ?2, ?3, ?4)")
-                .bind(digest.to_string())
-                .bind(position)
-                .bind(&layer.media_type)
-                .bind(layer.digest.to_string())
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO manifest_layers (manifest, position, media_type, blob) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .bind(digest.to_string())
+            .bind(position)
+            .bind(&layer.media_type)
+            .bind(layer.digest.to_string())
+            .execute(&mut *tx)
+            .await?;
         }
     }
     point_tag(&mut tx, m.name, &digest, m.source, m.uid, m.user).await?;
@@ -201,7 +204,9 @@ async fn point_tag(
 
 /// Deletes manifests no tag points at and blobs no layer refers to; returns the freed blobs.
 async fn collect_garbage(tx: &mut Transaction<'_, Sqlite>) -> Result<Vec<(Digest, u64)>> {
-    sqlx::query("DELETE FROM manifests WHERE digest NOT IN (SELECT manifest FROM tags)").execute(&mut **tx).await?;
+    sqlx::query("DELETE FROM manifests WHERE digest NOT IN (SELECT manifest FROM tags)")
+        .execute(&mut **tx)
+        .await?;
     let rows = sqlx::query(
         "DELETE FROM blobs WHERE digest NOT IN (SELECT blob FROM manifest_layers) RETURNING digest, size",
     )
@@ -282,7 +287,8 @@ fn model_from(r: &sqlx::sqlite::SqliteRow) -> Result<ModelRow> {
 
 /// The model a canonical name points at.
 pub async fn find(db: &SqlitePool, name: &str) -> Result<Option<ModelRow>> {
-    let Some(row) = sqlx::query(concat!(model_columns!(), " WHERE t.name = ?1")).bind(name).fetch_optional(db).await?
+    let Some(row) =
+        sqlx::query(concat!(model_columns!(), " WHERE t.name = ?1")).bind(name).fetch_optional(db).await?
     else {
         return Ok(None);
     };
@@ -305,7 +311,8 @@ pub async fn list(db: &SqlitePool) -> Result<Vec<ModelRow>> {
         .iter()
         .map(model_from)
         .collect::<Result<_>>()?;
-    let layers = sqlx::query(concat!(layer_columns!(), " ORDER BY l.manifest, l.position")).fetch_all(db).await?;
+    let layers =
+        sqlx::query(concat!(layer_columns!(), " ORDER BY l.manifest, l.position")).fetch_all(db).await?;
     let mut by_manifest: std::collections::HashMap<String, Vec<LayerRow>> = std::collections::HashMap::new();
     for r in &layers {
         let (manifest, layer) = layer_from(r)?;
@@ -327,10 +334,18 @@ pub async fn manifest_body(db: &SqlitePool, digest: &Digest) -> Result<Option<Ve
 
 /// Points `destination` at `source`'s model. Returns the blobs freed if `destination` pointed
 /// at a model nothing else uses.
-pub async fn copy(db: &SqlitePool, source: &str, destination: &str, uid: u32, user: &str) -> Result<Option<Vec<(Digest, u64)>>> {
+pub async fn copy(
+    db: &SqlitePool,
+    source: &str,
+    destination: &str,
+    uid: u32,
+    user: &str,
+) -> Result<Option<Vec<(Digest, u64)>>> {
     let mut tx = db.begin().await?;
-    let manifest: Option<String> =
-        sqlx::query_scalar("SELECT manifest FROM tags WHERE name = ?1").bind(source).fetch_optional(&mut *tx).await?;
+    let manifest: Option<String> = sqlx::query_scalar("SELECT manifest FROM tags WHERE name = ?1")
+        .bind(source)
+        .fetch_optional(&mut *tx)
+        .await?;
     let Some(manifest) = manifest else { return Ok(None) };
     let manifest = digest_of(&manifest)?;
     point_tag(&mut tx, destination, &manifest, "copy", uid, user).await?;
@@ -344,8 +359,10 @@ pub async fn copy(db: &SqlitePool, source: &str, destination: &str, uid: u32, us
 /// unknown.
 pub async fn delete(db: &SqlitePool, name: &str, uid: u32, user: &str) -> Result<Option<Vec<(Digest, u64)>>> {
     let mut tx = db.begin().await?;
-    let manifest: Option<String> =
-        sqlx::query_scalar("DELETE FROM tags WHERE name = ?1 RETURNING manifest").bind(name).fetch_optional(&mut *tx).await?;
+    let manifest: Option<String> = sqlx::query_scalar("DELETE FROM tags WHERE name = ?1 RETURNING manifest")
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
     let Some(manifest) = manifest else { return Ok(None) };
     record(&mut *tx, "delete", name, uid, user, Some(&digest_of(&manifest)?), "success").await?;
     let freed = collect_garbage(&mut tx).await?;

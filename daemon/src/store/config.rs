@@ -70,7 +70,7 @@ impl StoreConfig {
     /// Checks values that parse but cannot work; the error names the key.
     pub fn validate(&self) -> Result<(), (String, String)> {
         let bad = |key: &str, message: &str| Err((format!("store.{key}"), message.to_string()));
-        if crate::store::name::valid_host(&self.registry).is_err() {
+        if !crate::store::name::valid_host(&self.registry) {
             return bad("registry", "must be a host name, optionally with :port");
         }
         if !(self.hf_endpoint.starts_with("https://") || self.hf_endpoint.starts_with("http://"))
@@ -87,7 +87,7 @@ impl StoreConfig {
         if self.stall_timeout < Duration::from_millis(100) {
             return bad("stall_timeout", "must be at least 100ms");
         }
-        if self.insecure_hosts.iter().any(|h| crate::store::name::valid_host(h).is_err()) {
+        if self.insecure_hosts.iter().any(|h| !crate::store::name::valid_host(h)) {
             return bad("insecure_hosts", "must list host names, optionally with :port");
         }
         Ok(())
@@ -134,7 +134,7 @@ impl fmt::Display for ByteSize {
             ("KB", 1_000),
         ];
         let b = self.0;
-        match UNITS.iter().find(|(_, scale)| b != 0 && b % scale == 0) {
+        match UNITS.iter().find(|(_, scale)| b != 0 && b.is_multiple_of(*scale)) {
             Some((unit, scale)) => write!(f, "{}{unit}", b / scale),
             None => write!(f, "{b}"),
         }

@@ -71,7 +71,8 @@ fn file_index(value: &str) -> Option<u32> {
 /// Whether a FROM value is a file path rather than a model name.
 fn looks_like_path(value: &str) -> bool {
     let lower = value.to_ascii_lowercase();
-    value.starts_with(['/', '.', '~']) || [".gguf", ".safetensors", ".bin"].iter().any(|ext| lower.ends_with(ext))
+    value.starts_with(['/', '.', '~'])
+        || [".gguf", ".safetensors", ".bin"].iter().any(|ext| lower.ends_with(ext))
 }
 
 /// Checks the header of a create: the name, the quantization, the Modelfile and what it refers to.
@@ -133,7 +134,9 @@ pub async fn prepare(store: &Store, model: &str, modelfile_text: &str, quantize:
     }
     let base = base.ok_or_else(|| Error::InvalidArgument("the Modelfile has no FROM line".into()))?;
     if files.iter().enumerate().any(|(i, n)| u32::try_from(i).ok() != Some(*n)) {
-        return Err(Error::InvalidArgument("the Modelfile's @file references must be numbered 0, 1, 2, ...".into()));
+        return Err(Error::InvalidArgument(
+            "the Modelfile's @file references must be numbered 0, 1, 2, ...".into(),
+        ));
     }
     Ok(Prepared { name, base, instructions, files })
 }
@@ -163,8 +166,16 @@ where
     let received = receive(store, config, &prepared, uploads, &shown, &mut pins, progress).await?;
     let outcome = build(store, &prepared, &received, &shown, who, &mut pins, progress).await;
     if let Err(e) = &outcome {
-        let _ = catalog::record(store.db(), "create", &prepared.name.canonical(), who.uid, &who.user, None, &e.to_string())
-            .await;
+        let _ = catalog::record(
+            store.db(),
+            "create",
+            &prepared.name.canonical(),
+            who.uid,
+            &who.user,
+            None,
+            &e.to_string(),
+        )
+        .await;
         let digests: Vec<Digest> = received.iter().map(|r| r.digest).collect();
         drop(pins);
         store.discard_unregistered(&digests).await;
@@ -195,9 +206,13 @@ where
         let (size, display) = match next.take() {
             Some(Upload::Start { index, size, display_name }) if index == *expected => (size, display_name),
             Some(Upload::Start { index, .. }) => {
-                return Err(Error::InvalidArgument(format!("expected file {expected} but file {index} was sent")));
+                return Err(Error::InvalidArgument(format!(
+                    "expected file {expected} but file {index} was sent"
+                )));
             }
-            Some(Upload::Chunk(_)) => return Err(Error::InvalidArgument("file data arrived before its FileStart".into())),
+            Some(Upload::Chunk(_)) => {
+                return Err(Error::InvalidArgument("file data arrived before its FileStart".into()));
+            }
             None => {
                 return Err(Error::InvalidArgument(format!(
                     "the Modelfile references @file:{expected} but the client sent no such file"
@@ -208,7 +223,11 @@ where
         check_room(store, config, size, shown).await?;
         let mut writer = BlobWriter::create(store.layout())?;
         let mut last_sent = 0u64;
-        send(progress, Progress { status: "transferring model data".into(), total: size, ..Progress::default() }).await;
+        send(
+            progress,
+            Progress { status: "transferring model data".into(), total: size, ..Progress::default() },
+        )
+        .await;
         loop {
             let bytes = match uploads.next().await.transpose()? {
                 Some(Upload::Chunk(bytes)) => bytes,
@@ -218,7 +237,9 @@ where
                 }
             };
             if writer.written() + bytes.len() as u64 > size {
-                return Err(Error::InvalidArgument(format!("{display}: more than the announced {size} bytes arrived")));
+                return Err(Error::InvalidArgument(format!(
+                    "{display}: more than the announced {size} bytes arrived"
+                )));
             }
             writer = tokio::task::spawn_blocking(move || writer.write(&bytes).map(|()| writer))
                 .await
@@ -227,7 +248,8 @@ where
             if done - last_sent >= (16 << 20) || done == size {
                 last_sent = done;
                 let status = "transferring model data".to_string();
-                send(progress, Progress { status, total: size, completed: done, ..Progress::default() }).await;
+                send(progress, Progress { status, total: size, completed: done, ..Progress::default() })
+                    .await;
             }
         }
         if writer.written() != size {
@@ -264,7 +286,9 @@ where
     }
     if let Some(extra) = next {
         return Err(Error::InvalidArgument(match extra {
-            Upload::Start { index, .. } => format!("file {index} was sent but the Modelfile does not reference it"),
+            Upload::Start { index, .. } => {
+                format!("file {index} was sent but the Modelfile does not reference it")
+            }
             Upload::Chunk(_) => "more data arrived than the files announced".into(),
         }));
     }
@@ -286,14 +310,17 @@ async fn build(
 ) -> Result<()> {
     let layout = store.layout();
     let mut layers: Vec<Layer> = Vec::new();
-    let mut infos: Vec<(Digest, BlobInfo)> = received.iter().map(|r| (r.digest, BlobInfo::from(&r.info))).collect();
+    let mut infos: Vec<(Digest, BlobInfo)> =
+        received.iter().map(|r| (r.digest, BlobInfo::from(&r.info))).collect();
     let mut base_params = Vec::new();
     let model_info: ModelInfo;
     match &prepared.base {
         Base::File(n) => {
             let r = received.get(*n as usize).ok_or_else(|| Error::Internal("FROM file missing".into()))?;
             if r.info.kind.as_deref() == Some("adapter") {
-                return Err(Error::InvalidModel("FROM names a LoRA adapter; use it with ADAPTER on top of a model".into()));
+                return Err(Error::InvalidModel(
+                    "FROM names a LoRA adapter; use it with ADAPTER on top of a model".into(),
+                ));
             }
             layers.push(Layer { media_type: manifest::MODEL.into(), digest: r.digest, size: r.size });
             model_info = r.info.clone();
@@ -301,7 +328,9 @@ async fn build(
         Base::Model(canonical, base_shown) => {
             let row = catalog::find(store.db(), canonical).await?.ok_or_else(|| not_found(base_shown))?;
             if row.broken() {
-                return Err(Error::BrokenModel(format!("FROM '{base_shown}' is broken: pull it again first")));
+                return Err(Error::BrokenModel(format!(
+                    "FROM '{base_shown}' is broken: pull it again first"
+                )));
             }
             for l in row.layers.iter().filter(|l| l.position >= 0) {
                 pins.add(l.digest);
@@ -351,7 +380,9 @@ async fn build(
             Instruction::Template(t) => text(&mut layers, manifest::TEMPLATE, t, pins)?,
             Instruction::System(s) => text(&mut layers, manifest::SYSTEM, s, pins)?,
             Instruction::Parameter(k, v) => new_params.push((k.clone(), v.clone())),
-            Instruction::Message(role, content) => messages.push(manifest::Message { role: role.clone(), content: content.clone() }),
+            Instruction::Message(role, content) => {
+                messages.push(manifest::Message { role: role.clone(), content: content.clone() })
+            }
             Instruction::License(l) => licenses.push(l.clone()),
         }
     }

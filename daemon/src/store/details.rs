@@ -49,7 +49,8 @@ pub struct ModelDetails {
 }
 
 /// Architectures that embed rather than generate.
-const EMBEDDING_ARCHITECTURES: [&str; 5] = ["bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "t5encoder"];
+const EMBEDDING_ARCHITECTURES: [&str; 5] =
+    ["bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "t5encoder"];
 
 impl Store {
     /// Describes a model for `show`.
@@ -94,9 +95,12 @@ impl Store {
                     }
                 }
                 manifest::MESSAGES => {
-                    let messages: Vec<manifest::Message> = serde_json::from_slice(&self.read_blob(&layer.digest)?)
-                        .map_err(|e| Error::InvalidModel(format!("the messages of '{shown}' are not valid JSON: {e}")))?;
-                    instructions.extend(messages.into_iter().map(|m| Instruction::Message(m.role, m.content)));
+                    let messages: Vec<manifest::Message> =
+                        serde_json::from_slice(&self.read_blob(&layer.digest)?).map_err(|e| {
+                            Error::InvalidModel(format!("the messages of '{shown}' are not valid JSON: {e}"))
+                        })?;
+                    instructions
+                        .extend(messages.into_iter().map(|m| Instruction::Message(m.role, m.content)));
                 }
                 manifest::LICENSE => {
                     let license = text()?;
@@ -108,13 +112,22 @@ impl Store {
         }
         d.license = licenses.join("\n\n");
         d.modelfile = modelfile::render(&shown, &instructions);
-        let chat_template = if verbose || d.template.is_empty() { self.gguf_metadata(&row, &mut d.metadata, verbose).await? } else { None };
+        let chat_template = if verbose || d.template.is_empty() {
+            self.gguf_metadata(&row, &mut d.metadata, verbose).await?
+        } else {
+            None
+        };
         d.capabilities = capabilities(&row, &d.architecture, &d.template, chat_template.as_deref());
         Ok(d)
     }
 
     /// Reads the model file's metadata (into `out` when `verbose`); returns its chat template.
-    async fn gguf_metadata(&self, row: &ModelRow, out: &mut BTreeMap<String, String>, verbose: bool) -> Result<Option<String>> {
+    async fn gguf_metadata(
+        &self,
+        row: &ModelRow,
+        out: &mut BTreeMap<String, String>,
+        verbose: bool,
+    ) -> Result<Option<String>> {
         let Some(model) = row.model_layer() else { return Ok(None) };
         let path = self.layout().blob(&model.digest);
         let limits = self.gguf_limits().clone();
@@ -139,7 +152,12 @@ fn show_value(v: &str) -> String {
 }
 
 /// What a model can do, from its architecture, template and layers.
-fn capabilities(row: &ModelRow, architecture: &str, template: &str, chat_template: Option<&str>) -> Vec<String> {
+fn capabilities(
+    row: &ModelRow,
+    architecture: &str,
+    template: &str,
+    chat_template: Option<&str>,
+) -> Vec<String> {
     let mut caps = Vec::new();
     if EMBEDDING_ARCHITECTURES.contains(&architecture) {
         caps.push("embedding".to_string());

@@ -94,7 +94,8 @@ impl Downloads {
             None => None,
         };
         let (state, rx) = watch::channel(FlightState { total, ..FlightState::default() });
-        let flight = Arc::new(Flight { state, cancel: CancellationToken::new(), interest: AtomicUsize::new(1) });
+        let flight =
+            Arc::new(Flight { state, cancel: CancellationToken::new(), interest: AtomicUsize::new(1) });
         flights.insert(digest, Arc::clone(&flight));
         drop(flights);
         let handle = FlightHandle { progress: flight.state.clone(), cancel: flight.cancel.clone() };

@@ -80,7 +80,9 @@ impl Manifest {
             )));
         }
         if manifest.layers.len() > MAX_LAYERS {
-            return Err(Error::InvalidModel(format!("the manifest of {source} lists more than {MAX_LAYERS} layers")));
+            return Err(Error::InvalidModel(format!(
+                "the manifest of {source} lists more than {MAX_LAYERS} layers"
+            )));
         }
         let models = manifest.layers.iter().filter(|l| l.media_type == MODEL).count();
         if models != 1 {
@@ -208,7 +210,10 @@ pub fn params_json(params: &[(String, String)]) -> Result<Vec<u8>> {
     let mut out: Vec<(String, serde_json::Value)> = Vec::new();
     for (name, value) in params {
         let kind = param_kind(name).ok_or_else(|| {
-            Error::InvalidArgument(format!("unknown parameter {:?} in the Modelfile", super::name::shorten(name)))
+            Error::InvalidArgument(format!(
+                "unknown parameter {:?} in the Modelfile",
+                super::name::shorten(name)
+            ))
         })?;
         let bad = |expected: &str| {
             Error::InvalidArgument(format!(
@@ -217,12 +222,23 @@ pub fn params_json(params: &[(String, String)]) -> Result<Vec<u8>> {
             ))
         };
         let json = match kind {
-            ParamKind::Int => serde_json::Value::from(value.trim().parse::<i64>().map_err(|_| bad("an integer"))?),
-            ParamKind::Float => {
-                let f = value.trim().parse::<f64>().ok().filter(|f| f.is_finite()).ok_or_else(|| bad("a number"))?;
-                serde_json::Number::from_f64(f).map(serde_json::Value::Number).ok_or_else(|| bad("a number"))?
+            ParamKind::Int => {
+                serde_json::Value::from(value.trim().parse::<i64>().map_err(|_| bad("an integer"))?)
             }
-            ParamKind::Bool => serde_json::Value::from(value.trim().parse::<bool>().map_err(|_| bad("true or false"))?),
+            ParamKind::Float => {
+                let f = value
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|f| f.is_finite())
+                    .ok_or_else(|| bad("a number"))?;
+                serde_json::Number::from_f64(f)
+                    .map(serde_json::Value::Number)
+                    .ok_or_else(|| bad("a number"))?
+            }
+            ParamKind::Bool => {
+                serde_json::Value::from(value.trim().parse::<bool>().map_err(|_| bad("true or false"))?)
+            }
             ParamKind::List => {
                 if let Some((_, serde_json::Value::Array(list))) = out.iter_mut().find(|(k, _)| k == name) {
                     list.push(value.clone().into());
@@ -284,7 +300,10 @@ impl<'de> Deserialize<'de> for OrderedObject {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> std::result::Result<OrderedObject, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<OrderedObject, A::Error> {
                 let mut out = Vec::new();
                 while let Some((k, v)) = map.next_entry::<String, serde_json::Value>()? {
                     out.push((k, v));
@@ -315,9 +334,13 @@ mod tests {
 
     #[test]
     fn params_keep_order_types_and_repeated_stops() {
-        let input = pairs(&[("temperature", "0.7"), ("stop", "<end>"), ("num_ctx", "4096"), ("stop", "User:")]);
+        let input =
+            pairs(&[("temperature", "0.7"), ("stop", "<end>"), ("num_ctx", "4096"), ("stop", "User:")]);
         let json = params_json(&input).unwrap();
-        assert_eq!(String::from_utf8(json.clone()).unwrap(), r#"{"temperature":0.7,"stop":["<end>","User:"],"num_ctx":4096}"#);
+        assert_eq!(
+            String::from_utf8(json.clone()).unwrap(),
+            r#"{"temperature":0.7,"stop":["<end>","User:"],"num_ctx":4096}"#
+        );
         assert_eq!(
             parse_params(&json).unwrap(),
             pairs(&[("temperature", "0.7"), ("stop", "<end>"), ("stop", "User:"), ("num_ctx", "4096")])
@@ -342,7 +365,9 @@ mod tests {
         let two_models = Manifest::new(layer(CONFIG), vec![layer(MODEL), layer(MODEL)]);
         assert!(Manifest::parse(&two_models.to_bytes(), "m").is_err());
         let weird = Manifest::new(layer(CONFIG), vec![layer(MODEL), layer("application/x-pickle")]);
-        assert!(Manifest::parse(&weird.to_bytes(), "m").unwrap_err().to_string().contains("unsupported type"));
+        assert!(
+            Manifest::parse(&weird.to_bytes(), "m").unwrap_err().to_string().contains("unsupported type")
+        );
         let ok = Manifest::new(layer(CONFIG), vec![layer(MODEL)]);
         assert_eq!(Manifest::parse(&ok.to_bytes(), "m").unwrap(), ok);
     }

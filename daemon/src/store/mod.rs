@@ -190,7 +190,9 @@ impl Store {
 
     /// The shortest display form of a canonical name.
     pub fn display(&self, canonical: &str) -> String {
-        ModelName::parse(canonical, &self.default_host).map(|n| n.display(&self.default_host)).unwrap_or_else(|_| canonical.to_string())
+        ModelName::parse(canonical, &self.default_host)
+            .map(|n| n.display(&self.default_host))
+            .unwrap_or_else(|_| canonical.to_string())
     }
 
     /// Starts a set of pins.
@@ -316,7 +318,9 @@ impl Store {
         let path = self.layout.blob(digest);
         let file = std::fs::File::open(&path).map_err(Error::io(format!("open blob {digest}")))?;
         let mut bytes = Vec::new();
-        file.take(MAX_TEXT_LAYER + 1).read_to_end(&mut bytes).map_err(Error::io(format!("read blob {digest}")))?;
+        file.take(MAX_TEXT_LAYER + 1)
+            .read_to_end(&mut bytes)
+            .map_err(Error::io(format!("read blob {digest}")))?;
         if bytes.len() as u64 > MAX_TEXT_LAYER {
             return Err(Error::InvalidModel(format!("blob {digest} is too large for a text layer")));
         }

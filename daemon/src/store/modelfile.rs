@@ -60,7 +60,8 @@ pub fn parse(text: &str) -> Result<Vec<Instruction>> {
                 if name.is_empty() {
                     return Err(bad(format!("{keyword} needs a name and a value")));
                 }
-                let (value, remaining) = value(after[name_len..].trim_start_matches([' ', '\t'])).map_err(bad)?;
+                let (value, remaining) =
+                    value(after[name_len..].trim_start_matches([' ', '\t'])).map_err(bad)?;
                 (vec![name.to_string(), value], remaining)
             }
             "FROM" | "ADAPTER" | "TEMPLATE" | "SYSTEM" | "LICENSE" => {
@@ -82,7 +83,9 @@ pub fn parse(text: &str) -> Result<Vec<Instruction>> {
             "TEMPLATE" => Instruction::Template(arg()),
             "SYSTEM" => Instruction::System(arg()),
             "LICENSE" => Instruction::License(arg()),
-            "PARAMETER" => Instruction::Parameter(arg().to_ascii_lowercase(), nonempty(arg(), "PARAMETER", &bad)?),
+            "PARAMETER" => {
+                Instruction::Parameter(arg().to_ascii_lowercase(), nonempty(arg(), "PARAMETER", &bad)?)
+            }
             _ => {
                 let role = arg().to_ascii_lowercase();
                 if !ROLES.contains(&role.as_str()) {
@@ -144,7 +147,10 @@ fn value(text: &str) -> std::result::Result<(String, &str), String> {
 fn end_of_line(text: &str) -> std::result::Result<&str, String> {
     let end = text.find('\n').unwrap_or(text.len());
     if !text[..end].trim().is_empty() {
-        return Err(format!("unexpected text after a quoted value: {:?}", super::name::shorten(text[..end].trim())));
+        return Err(format!(
+            "unexpected text after a quoted value: {:?}",
+            super::name::shorten(text[..end].trim())
+        ));
     }
     Ok(if end < text.len() { &text[end + 1..] } else { "" })
 }

@@ -52,7 +52,9 @@ impl ModelName {
             [host, namespace, model] => (*host, *namespace, *model),
             _ => return Err(bad("it has too many `/`")),
         };
-        valid_host(host).map_err(|_| bad("the host is not a host name"))?;
+        if !valid_host(host) {
+            return Err(bad("the host is not a host name"));
+        }
         if !valid_part(namespace, false) {
             return Err(bad("the namespace may hold letters, digits, `.`, `_` and `-`"));
         }
@@ -94,7 +96,7 @@ impl fmt::Display for ModelName {
 }
 
 /// A host name or IPv4 address, optionally with `:port`.
-pub fn valid_host(host: &str) -> std::result::Result<(), ()> {
+pub fn valid_host(host: &str) -> bool {
     let (name, port) = match host.rsplit_once(':') {
         Some((name, port)) => (name, Some(port)),
         None => (host, None),
@@ -108,7 +110,7 @@ pub fn valid_host(host: &str) -> std::result::Result<(), ()> {
                 && !label.starts_with('-')
         });
     let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.parse::<u16>().is_ok_and(|n| n > 0));
-    if name_ok && port_ok { Ok(()) } else { Err(()) }
+    name_ok && port_ok
 }
 
 fn valid_part(part: &str, tag: bool) -> bool {

@@ -53,7 +53,9 @@ pub async fn pull(
     let shown = name.display(store.default_host());
     let outcome = pull_source(store, config, &source, &shown, insecure, who, progress).await;
     if let Err(e) = &outcome {
-        let _ = catalog::record(store.db(), "pull", &name.canonical(), who.uid, &who.user, None, &e.to_string()).await;
+        let _ =
+            catalog::record(store.db(), "pull", &name.canonical(), who.uid, &who.user, None, &e.to_string())
+                .await;
         tracing::info!(model = %name, by = %who.user, error = %e, "pull failed");
     }
     outcome
@@ -104,8 +106,16 @@ async fn pull_source(
             if last[i] != Some(state.completed) {
                 last[i] = Some(state.completed);
                 let status = format!("pulling {}", digest.short());
-                send(progress, Progress { status, digest: digest.to_string(), total: state.total, completed: state.completed })
-                    .await;
+                send(
+                    progress,
+                    Progress {
+                        status,
+                        digest: digest.to_string(),
+                        total: state.total,
+                        completed: state.completed,
+                    },
+                )
+                .await;
             }
         }
         if all_done {
@@ -169,7 +179,11 @@ async fn plan(http: &Http, config: &StoreConfig, source: &PullSource, shown: &st
         PullSource::Url { url, digest, .. } => {
             http.check_url(url)?;
             let size = content_length(http, url).await?;
-            Ok(Plan { manifest: None, wanted: vec![Wanted { digest: *digest, size, url: url.clone() }], source: url.to_string() })
+            Ok(Plan {
+                manifest: None,
+                wanted: vec![Wanted { digest: *digest, size, url: url.clone() }],
+                source: url.to_string(),
+            })
         }
     }
 }
@@ -185,7 +199,13 @@ async fn content_length(http: &Http, url: &reqwest::Url) -> Result<u64> {
         .get(reqwest::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
-        .ok_or_else(|| Error::Registry(format!("{} did not say how large {} is", crate::registry::host_port(url), url.path())))
+        .ok_or_else(|| {
+            Error::Registry(format!(
+                "{} did not say how large {} is",
+                crate::registry::host_port(url),
+                url.path()
+            ))
+        })
 }
 
 /// Refuses a pull whose new blobs pass `store.max_size` or would leave less than
@@ -237,7 +257,13 @@ pub fn human(bytes: u64) -> String {
 }
 
 /// Checks the model file (and adapters, projectors) as GGUF and registers the model.
-async fn register(store: &Store, plan: &Plan, source: &PullSource, shown: &str, who: &Requester) -> Result<()> {
+async fn register(
+    store: &Store,
+    plan: &Plan,
+    source: &PullSource,
+    shown: &str,
+    who: &Requester,
+) -> Result<()> {
     let layout = store.layout();
     let inspect = |digest: Digest| {
         let path = layout.blob(&digest);
@@ -254,7 +280,9 @@ async fn register(store: &Store, plan: &Plan, source: &PullSource, shown: &str, 
         Some((bytes, manifest)) => {
             let mut infos = Vec::new();
             for layer in &manifest.layers {
-                if [manifest::MODEL, manifest::ADAPTER, manifest::PROJECTOR].contains(&layer.media_type.as_str()) {
+                if [manifest::MODEL, manifest::ADAPTER, manifest::PROJECTOR]
+                    .contains(&layer.media_type.as_str())
+                {
                     let info = inspect(layer.digest).await?;
                     infos.push((layer.digest, BlobInfo::from(&info)));
                 }
@@ -270,7 +298,11 @@ async fn register(store: &Store, plan: &Plan, source: &PullSource, shown: &str, 
             let mut pins = store.pins();
             pins.add(Digest::of(&config_bytes));
             let config_digest = layout.write_small(&config_bytes)?;
-            let config = Layer { media_type: manifest::CONFIG.into(), digest: config_digest, size: config_bytes.len() as u64 };
+            let config = Layer {
+                media_type: manifest::CONFIG.into(),
+                digest: config_digest,
+                size: config_bytes.len() as u64,
+            };
             let manifest = Manifest::new(config, layers);
             let infos = vec![(w.digest, BlobInfo::from(&info))];
             let bytes = manifest.to_bytes();

@@ -91,7 +91,8 @@ fn clean_staging(store: &Store) -> Result<usize> {
     let now = SystemTime::now();
     for entry in std::fs::read_dir(dir).map_err(Error::io(format!("read {}", dir.display())))?.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let resumable = name.starts_with("sha256-") && (name.ends_with(".partial") || name.ends_with(".parts"));
+        let resumable =
+            name.starts_with("sha256-") && (name.ends_with(".partial") || name.ends_with(".parts"));
         let stale = entry
             .metadata()
             .and_then(|m| m.modified())

@@ -29,7 +29,12 @@ pub(super) struct Embedder<'m> {
 }
 
 impl<'m> Embedder<'m> {
-    pub(super) fn new(model: &'m LlamaModel, backend: &LlamaBackend, n_ctx: u32, n_threads: i32) -> Result<Self, EngineError> {
+    pub(super) fn new(
+        model: &'m LlamaModel,
+        backend: &LlamaBackend,
+        n_ctx: u32,
+        n_threads: i32,
+    ) -> Result<Self, EngineError> {
         let pooling = model_pooling(model)?;
         let n = NonZeroU32::new(n_ctx.max(8)).ok_or_else(|| EngineError::Internal("zero context".into()))?;
         let params = LlamaContextParams::default()
@@ -59,7 +64,9 @@ impl<'m> Embedder<'m> {
                     .add(t, pos as i32, &[0], true)
                     .map_err(|e| EngineError::Internal(format!("embedding batch: {e}")))?;
             }
-            self.ctx.decode(&mut self.batch).map_err(|e| EngineError::Internal(format!("embedding decode: {e}")))?;
+            self.ctx
+                .decode(&mut self.batch)
+                .map_err(|e| EngineError::Internal(format!("embedding decode: {e}")))?;
             let v = self
                 .ctx
                 .embeddings_seq_ith(0)
@@ -74,11 +81,16 @@ impl<'m> Embedder<'m> {
 /// The pooling the GGUF declares (`<arch>.pooling_type`), mean when it declares none.
 fn model_pooling(model: &LlamaModel) -> Result<LlamaPoolingType, EngineError> {
     let arch = model.meta_val_str("general.architecture").unwrap_or_default();
-    let declared = model.meta_val_str(&format!("{arch}.pooling_type")).ok().and_then(|v| v.trim().parse::<i32>().ok());
+    let declared =
+        model.meta_val_str(&format!("{arch}.pooling_type")).ok().and_then(|v| v.trim().parse::<i32>().ok());
     Ok(match declared {
         Some(2) => LlamaPoolingType::Cls,
         Some(3) => LlamaPoolingType::Last,
-        Some(4) => return Err(EngineError::InvalidRequest("this model is a reranker (rank pooling), not an embedding model".into())),
+        Some(4) => {
+            return Err(EngineError::InvalidRequest(
+                "this model is a reranker (rank pooling), not an embedding model".into(),
+            ));
+        }
         _ => LlamaPoolingType::Mean,
     })
 }

@@ -73,7 +73,8 @@ fn parse_anonymous(line: &str) -> Option<Mapping> {
     let _dev = fields.next()?;
     let inode = fields.next()?;
     let path = fields.next();
-    let anonymous = inode == "0" && matches!(path, None | Some("[heap]"));
+    // MAP_HUGETLB memory shows as "/anon_hugepage (deleted)" with an inode of the internal mount.
+    let anonymous = (inode == "0" && matches!(path, None | Some("[heap]"))) || path == Some("/anon_hugepage");
     if !anonymous || !perms.starts_with("rw") || !perms.ends_with('p') {
         return None;
     }
@@ -94,41 +95,47 @@ fn aligned_len(m: &Mapping) -> usize {
     end.saturating_sub(start)
 }
 
-/// Marks the mappings for transparent huge pages and collapses what is already resident.
-/// Returns the bytes advised. Failures (old kernels, THP disabled) leave memory as it was.
-pub fn advise(mappings: &[Mapping]) -> usize {
-    let mut advised = 0;
+/// Marks the mappings for transparent huge pages (later faults get huge pages directly) and,
+/// with `collapse`, copies what is already resident into huge pages now (`MADV_COLLAPSE`, one
+/// 2 MiB extent at a time: the kernel refuses a whole range when part of it is not resident,
+/// and untouched compute buffers are). Returns the bytes collapsed. Failures (old kernels, THP
+/// disabled, no free huge pages) leave memory as it was.
+pub fn advise(mappings: &[Mapping], collapse: bool) -> usize {
+    let mut collapsed = 0;
     for m in mappings {
         let start = m.start.div_ceil(HUGE_PAGE) * HUGE_PAGE;
         let len = aligned_len(m);
         if len == 0 {
             continue;
         }
-        let addr = start as *mut libc::c_void;
         // SAFETY: the range lies inside an anonymous private mapping of this process read from
-        // /proc/self/maps; MADV_HUGEPAGE and MADV_COLLAPSE only change how the kernel backs the
-        // pages (contents are preserved), and if the mapping vanished meanwhile the call fails
-        // with ENOMEM without touching memory.
-        let ok = unsafe { libc::madvise(addr, len, libc::MADV_HUGEPAGE) } == 0;
-        if ok {
-            advised += len;
-            // SAFETY: as above; a collapse that cannot allocate huge pages fails harmlessly.
-            let rc = unsafe { libc::madvise(addr, len, MADV_COLLAPSE) };
-            if rc != 0 {
-                tracing::debug!(len, error = %std::io::Error::last_os_error(), "MADV_COLLAPSE failed");
+        // /proc/self/maps; MADV_HUGEPAGE only changes how the kernel backs the pages (contents
+        // are preserved), and if the mapping vanished meanwhile the call fails with ENOMEM
+        // without touching memory.
+        let advised = unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_HUGEPAGE) } == 0;
+        if !advised || !collapse {
+            continue;
+        }
+        for chunk in (start..start + len).step_by(HUGE_PAGE) {
+            // SAFETY: as above, one aligned 2 MiB extent of that range; the kernel copies the
+            // resident pages into a huge page under its own locks, preserving contents, and
+            // fails harmlessly (EINVAL, EAGAIN, ENOMEM) when it cannot.
+            if unsafe { libc::madvise(chunk as *mut libc::c_void, HUGE_PAGE, MADV_COLLAPSE) } == 0 {
+                collapsed += HUGE_PAGE;
             }
-            eprintln!("DEBUG advise {:x}-{:x} len {} collapse rc {} {}", m.start, m.end, len, rc, std::io::Error::last_os_error());
         }
     }
-    advised
+    collapsed
 }
 
 /// Snapshot, create, diff, advise: runs `create` and applies huge pages to what it mapped.
-pub fn advise_new<T>(create: impl FnOnce() -> T) -> (T, Vec<Mapping>) {
+pub fn advise_new<T>(create: impl FnOnce() -> T, collapse: bool) -> (T, Vec<Mapping>) {
     let before = anonymous_mappings();
     let value = create();
     let new = new_mappings(&before, &anonymous_mappings());
-    advise(&new);
+    let started = std::time::Instant::now();
+    let collapsed = advise(&new, collapse);
+    tracing::debug!(mappings = new.len(), collapsed_mib = collapsed >> 20, took = ?started.elapsed(), "huge pages advised");
     (value, new)
 }
 
@@ -140,7 +147,10 @@ pub fn usage_of(mappings: &[Mapping]) -> HugePageUsage {
     for line in smaps.lines() {
         if let Some(range) = line.split_whitespace().next().filter(|f| f.contains('-') && !f.ends_with(':')) {
             current = range.split_once('-').and_then(|(s, e)| {
-                Some(Mapping { start: usize::from_str_radix(s, 16).ok()?, end: usize::from_str_radix(e, 16).ok()? })
+                Some(Mapping {
+                    start: usize::from_str_radix(s, 16).ok()?,
+                    end: usize::from_str_radix(e, 16).ok()?,
+                })
             });
             continue;
         }
@@ -155,7 +165,8 @@ pub fn usage_of(mappings: &[Mapping]) -> HugePageUsage {
 
 /// Whole-process totals (from `/proc/<pid>/smaps_rollup`; `pid` `None` is this process).
 pub fn process_usage(pid: Option<u32>) -> HugePageUsage {
-    let path = pid.map_or_else(|| "/proc/self/smaps_rollup".to_owned(), |p| format!("/proc/{p}/smaps_rollup"));
+    let path =
+        pid.map_or_else(|| "/proc/self/smaps_rollup".to_owned(), |p| format!("/proc/{p}/smaps_rollup"));
     let mut usage = HugePageUsage::default();
     if let Ok(text) = std::fs::read_to_string(path) {
         for line in text.lines() {
@@ -181,9 +192,7 @@ pub fn hugetlb_pool_free_pages() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("HugePages_Free:"))
-                .and_then(|v| v.trim().parse().ok())
+            m.lines().find_map(|l| l.strip_prefix("HugePages_Free:")).and_then(|v| v.trim().parse().ok())
         })
         .unwrap_or(0)
 }
@@ -192,7 +201,8 @@ pub fn hugetlb_pool_free_pages() -> u64 {
 /// (KV cache included) get huge pages at allocation: reserved 2 MiB pages when the host has a
 /// free pool, transparent huge pages otherwise.
 pub fn runner_env() -> (&'static str, String) {
-    let value = if hugetlb_pool_free_pages() > 0 { "glibc.malloc.hugetlb=2" } else { "glibc.malloc.hugetlb=1" };
+    let value =
+        if hugetlb_pool_free_pages() > 0 { "glibc.malloc.hugetlb=2" } else { "glibc.malloc.hugetlb=1" };
     ("GLIBC_TUNABLES", value.to_owned())
 }
 
@@ -207,7 +217,13 @@ mod tests {
             Some(Mapping { start: 0x7f00_0000_0000, end: 0x7f00_0040_0000 })
         );
         assert!(parse_anonymous("55d000000000-55d000021000 rw-p 00000000 00:00 0   [heap]").is_some());
-        assert!(parse_anonymous("7f0000000000-7f0000400000 r--p 00000000 08:01 1234 /usr/lib/x.so").is_none());
+        assert!(
+            parse_anonymous("7f4a00000000-7f4a1e000000 rw-p 00000000 00:10 1234  /anon_hugepage (deleted)")
+                .is_some()
+        );
+        assert!(
+            parse_anonymous("7f0000000000-7f0000400000 r--p 00000000 08:01 1234 /usr/lib/x.so").is_none()
+        );
         assert!(parse_anonymous("7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0   [stack]").is_none());
     }
 
@@ -216,7 +232,7 @@ mod tests {
         // 64 MiB of touched memory, like a KV buffer: above glibc's largest mmap threshold
         // (32 MiB), so it is a fresh mapping whatever the test threads freed before.
         // (black_box: otherwise the optimizer may elide the allocation altogether.)
-        let (buf, new) = advise_new(|| std::hint::black_box(vec![1u8; 64 << 20]));
+        let (buf, new) = advise_new(|| std::hint::black_box(vec![1u8; 64 << 20]), true);
         assert!(!new.is_empty(), "the allocation was not seen as a new mapping");
         let usage = usage_of(&new);
         assert!(usage.rss >= 8 << 20, "{usage:?}");

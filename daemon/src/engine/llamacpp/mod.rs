@@ -42,10 +42,14 @@ use super::{EmbedRequest, EmbedResponse, Engine, EngineError, EngineInfo, EventS
 pub enum HugePageMode {
     /// Leave memory as the allocator made it.
     Off,
-    /// After the context is created, mark its new anonymous mappings `MADV_HUGEPAGE` and ask
-    /// the kernel to collapse them now (`MADV_COLLAPSE`). See [`hugepages`].
+    /// After the context is created, mark its new anonymous mappings `MADV_HUGEPAGE`: pages
+    /// touched later (compute buffers) fault in as huge pages, and khugepaged collapses the
+    /// rest over time. See [`hugepages`].
+    Advise,
+    /// As `Advise`, and collapse what is already resident (the KV cache, cleared at
+    /// allocation) right away with `MADV_COLLAPSE`; costs a copy of that memory at load.
     #[default]
-    Transparent,
+    Collapse,
 }
 
 /// Everything [`LlamaCppEngine::load`] needs.
@@ -99,7 +103,7 @@ impl LlamaCppConfig {
             chat_template: None,
             kv_unified: false,
             swa_full: true,
-            huge_pages: HugePageMode::Transparent,
+            huge_pages: HugePageMode::Collapse,
             template_limits: TemplateLimits::default(),
         }
     }
@@ -185,7 +189,8 @@ impl LlamaCppEngine {
         if config.n_parallel == 0 || config.n_parallel > 256 {
             return Err(EngineError::Load(format!("n_parallel must be 1..=256, not {}", config.n_parallel)));
         }
-        let params = LlamaModelParams::default().with_use_mmap(config.use_mmap).with_use_mlock(config.use_mlock);
+        let params =
+            LlamaModelParams::default().with_use_mmap(config.use_mmap).with_use_mlock(config.use_mlock);
         let model = LlamaModel::load_from_file(backend, &config.model_path, &params)
             .map_err(|e| EngineError::Load(format!("{}: {e}", config.model_path.display())))?;
         let model = Arc::new(model);
@@ -269,11 +274,15 @@ impl LlamaCppEngine {
         let Some(source) = source else {
             return self.default_template.clone().map_err(EngineError::InvalidRequest);
         };
-        let mut cache = self.template_cache.lock().map_err(|_| EngineError::Internal("template cache poisoned".into()))?;
+        let mut cache = self
+            .template_cache
+            .lock()
+            .map_err(|_| EngineError::Internal("template cache poisoned".into()))?;
         if let Some((_, t)) = cache.iter().find(|(s, _)| s == source) {
             return Ok(t.clone());
         }
-        let t = ChatTemplate::compile(source, self.template_limits).map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
+        let t = ChatTemplate::compile(source, self.template_limits)
+            .map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
         if cache.len() >= 16 {
             cache.remove(0);
         }
@@ -294,7 +303,9 @@ impl Engine for LlamaCppEngine {
             super::Prompt::Text(text) => prompt::tokenize(&self.model, text, true),
             super::Prompt::Chat(chat) => {
                 let template = self.template_for(chat.template.as_deref())?;
-                let text = template.render(chat, &self.special).map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
+                let text = template
+                    .render(chat, &self.special)
+                    .map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
                 // A template that writes the BOS text itself must not get a second BOS.
                 let add_bos = self.special.bos.is_empty() || !text.starts_with(&self.special.bos);
                 prompt::tokenize(&self.model, &text, add_bos)
@@ -306,7 +317,10 @@ impl Engine for LlamaCppEngine {
         Ok(rx)
     }
 
-    fn embed(&self, request: EmbedRequest) -> Pin<Box<dyn Future<Output = Result<EmbedResponse, EngineError>> + Send + '_>> {
+    fn embed(
+        &self,
+        request: EmbedRequest,
+    ) -> Pin<Box<dyn Future<Output = Result<EmbedResponse, EngineError>> + Send + '_>> {
         Box::pin(async move {
             let mut inputs = Vec::with_capacity(request.inputs.len());
             for text in &request.inputs {

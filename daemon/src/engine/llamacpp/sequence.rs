@@ -143,7 +143,10 @@ impl Sequence {
             out: Outbox::new(tx),
             admitted_at: {
                 let now = Instant::now();
-                tracing::trace!(queued_us = now.duration_since(admitted.received).as_micros() as u64, "slot assigned");
+                tracing::trace!(
+                    queued_us = now.duration_since(admitted.received).as_micros() as u64,
+                    "slot assigned"
+                );
                 now
             },
             prompt_done_at: None,
@@ -159,7 +162,10 @@ impl Sequence {
     pub(super) fn finish_prompt(&mut self) {
         if self.prompt_done_at.is_none() {
             self.prompt_done_at = Some(Instant::now());
-            self.out.push(EngineEvent::PromptDone { prompt_tokens: self.prompt_tokens(), cached_tokens: self.cached_tokens });
+            self.out.push(EngineEvent::PromptDone {
+                prompt_tokens: self.prompt_tokens(),
+                cached_tokens: self.cached_tokens,
+            });
         }
     }
 

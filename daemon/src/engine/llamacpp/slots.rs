@@ -46,7 +46,12 @@ pub(super) fn common_prefix<T: PartialEq>(a: &[T], b: &[T]) -> usize {
 }
 
 /// Picks a slot for `prompt` under `salt`, or `None` when every slot is busy.
-pub(super) fn place<T: PartialEq>(slots: &[SlotInfo<'_, T>], salt: u64, prompt: &[T], min_copy: usize) -> Option<Placement> {
+pub(super) fn place<T: PartialEq>(
+    slots: &[SlotInfo<'_, T>],
+    salt: u64,
+    prompt: &[T],
+    min_copy: usize,
+) -> Option<Placement> {
     let max_reuse = prompt.len().saturating_sub(1);
     let reusable = |s: &SlotInfo<'_, T>| {
         if s.salt == Some(salt) { common_prefix(s.cached, prompt).min(max_reuse) } else { 0 }

@@ -61,7 +61,8 @@ pub(super) fn run(
             return;
         }
     };
-    let _ = ready.send(Ok(Ready { n_ctx_seq: worker.n_ctx_seq, kv_bytes: kv_bytes(model, worker.n_ctx_total) }));
+    let _ =
+        ready.send(Ok(Ready { n_ctx_seq: worker.n_ctx_seq, kv_bytes: kv_bytes(model, worker.n_ctx_total) }));
     worker.serve(&commands);
     worker.shutdown();
 }
@@ -130,10 +131,10 @@ impl<'m> Worker<'m> {
             .with_kv_unified(config.kv_unified)
             .with_swa_full(config.swa_full)
             .with_embeddings(false);
-        let (ctx, new_mappings) = if config.huge_pages == HugePageMode::Transparent {
-            hugepages::advise_new(|| model.new_context(backend, params))
-        } else {
-            (model.new_context(backend, params), Vec::new())
+        let (ctx, new_mappings) = match config.huge_pages {
+            HugePageMode::Off => (model.new_context(backend, params), Vec::new()),
+            HugePageMode::Advise => hugepages::advise_new(|| model.new_context(backend, params), false),
+            HugePageMode::Collapse => hugepages::advise_new(|| model.new_context(backend, params), true),
         };
         let ctx = ctx.map_err(|e| EngineError::Load(format!("cannot create the llama.cpp context: {e}")))?;
         let usage = hugepages::usage_of(&new_mappings);
@@ -147,7 +148,8 @@ impl<'m> Worker<'m> {
 
         // llama.cpp may round the context; each stream gets an equal share.
         let actual = ctx.n_ctx();
-        let n_ctx_seq = if config.kv_unified { n_ctx_seq.min(actual) } else { n_ctx_seq.min(actual / n_parallel) };
+        let n_ctx_seq =
+            if config.kv_unified { n_ctx_seq.min(actual) } else { n_ctx_seq.min(actual / n_parallel) };
         let n_swa = if config.swa_full { 0 } else { sliding_window(model) };
         let n_vocab = usize::try_from(model.n_vocab()).unwrap_or(0);
         let slots = (0..n_parallel as i32)
@@ -262,7 +264,12 @@ impl<'m> Worker<'m> {
                 let infos: Vec<SlotInfo<'_, LlamaToken>> = self
                     .slots
                     .iter()
-                    .map(|s| SlotInfo { cached: &s.cached, salt: s.salt, busy: s.seq.is_some(), last_used: s.last_used })
+                    .map(|s| SlotInfo {
+                        cached: &s.cached,
+                        salt: s.salt,
+                        busy: s.seq.is_some(),
+                        last_used: s.last_used,
+                    })
                     .collect();
                 slots::place(&infos, pending.admitted.cache_salt, &pending.admitted.tokens, MIN_COPY_TOKENS)
             };
@@ -294,7 +301,8 @@ impl<'m> Worker<'m> {
             self.slots[dst].cached = cached;
             reuse = self.slots[dst].cached.len();
         }
-        let trimmed = self.ctx.clear_kv_cache_seq(Some(dst_id as u32), Some(reuse as u32), None).unwrap_or(false);
+        let trimmed =
+            self.ctx.clear_kv_cache_seq(Some(dst_id as u32), Some(reuse as u32), None).unwrap_or(false);
         self.slots[dst].cached.truncate(reuse);
         let pos_min = self.ctx.kv_cache_seq_pos_min(dst_id);
         let pos_max = self.ctx.kv_cache_seq_pos_max(dst_id);
@@ -364,14 +372,17 @@ impl<'m> Worker<'m> {
 
     /// Splits this step's prompt budget among prefilling sequences, oldest first.
     fn schedule_prefill(&mut self) {
-        let generating = self.slots.iter().filter(|s| s.seq.as_ref().is_some_and(|q| q.next.is_some())).count();
+        let generating =
+            self.slots.iter().filter(|s| s.seq.as_ref().is_some_and(|q| q.next.is_some())).count();
         let mut budget = if generating > 0 { self.prefill_chunk } else { self.n_batch };
         budget = budget.min(self.n_batch.saturating_sub(generating));
         let mut order: Vec<(u64, usize)> = self
             .slots
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| s.seq.as_ref().filter(|q| q.next.is_none() && q.prefilling()).map(|q| (q.order, i)))
+            .filter_map(|(i, s)| {
+                s.seq.as_ref().filter(|q| q.next.is_none() && q.prefilling()).map(|q| (q.order, i))
+            })
             .collect();
         order.sort_unstable();
         for slot in &mut self.slots {
@@ -484,7 +495,9 @@ fn sliding_window(model: &LlamaModel) -> i32 {
 /// layers may be smaller when `swa_full` is off).
 fn kv_bytes(model: &LlamaModel, cells: u32) -> u64 {
     let arch = model.meta_val_str("general.architecture").unwrap_or_default();
-    let meta = |key: &str| model.meta_val_str(&format!("{arch}.{key}")).ok().and_then(|v| v.trim().parse::<u64>().ok());
+    let meta = |key: &str| {
+        model.meta_val_str(&format!("{arch}.{key}")).ok().and_then(|v| v.trim().parse::<u64>().ok())
+    };
     let n_head = u64::from(model.n_head().max(1));
     let n_head_kv = u64::from(model.n_head_kv().max(1));
     let head = u64::try_from(model.n_embd()).unwrap_or(0) / n_head;

@@ -189,7 +189,9 @@ impl Translator {
                 Ok(())
             }
             _ => {
-                let refs_response = tokens.iter().any(|t| matches!(t, Tok::Field(path) if path.iter().any(|p| p == "Response")));
+                let refs_response = tokens
+                    .iter()
+                    .any(|t| matches!(t, Tok::Field(path) if path.iter().any(|p| p == "Response")));
                 let value = self.expr(&tokens)?;
                 let s = format!("{{{{{l} {value} {r}}}}}");
                 let to_cut = !self.cut_done;
@@ -235,7 +237,9 @@ impl Translator {
     fn open_range(&mut self, rest: &[Tok], l: &str, r: &str) -> Result<(), TemplateError> {
         // `range $i, $v := X`, `range $v := X` or `range X`.
         let (index_var, elem_var, expr_tokens) = match rest {
-            [Tok::Var(i), Tok::Comma, Tok::Var(v), Tok::Declare, tail @ ..] => (Some(i.clone()), Some(v.clone()), tail),
+            [Tok::Var(i), Tok::Comma, Tok::Var(v), Tok::Declare, tail @ ..] => {
+                (Some(i.clone()), Some(v.clone()), tail)
+            }
             [Tok::Var(v), Tok::Declare, tail @ ..] => (None, Some(v.clone()), tail),
             _ => (None, None, rest),
         };
@@ -606,7 +610,10 @@ fn lex(s: &str) -> Result<Vec<Tok>, TemplateError> {
                 out.push(Tok::Str(s));
             }
             '`' => {
-                let end = chars[i + 1..].iter().position(|&c| c == '`').ok_or_else(|| unsupported("unterminated raw string"))?;
+                let end = chars[i + 1..]
+                    .iter()
+                    .position(|&c| c == '`')
+                    .ok_or_else(|| unsupported("unterminated raw string"))?;
                 out.push(Tok::Str(chars[i + 1..i + 1 + end].iter().collect()));
                 i += end + 2;
             }
@@ -655,7 +662,10 @@ mod tests {
             t.full,
             "{% if system %}<|system|>{{ system }}{% endif %}<|user|>{{ prompt }}<|assistant|>{{ response }}<|end|>"
         );
-        assert_eq!(t.cut, "{% if system %}<|system|>{{ system }}{% endif %}<|user|>{{ prompt }}<|assistant|>{{ response }}");
+        assert_eq!(
+            t.cut,
+            "{% if system %}<|system|>{{ system }}{% endif %}<|user|>{{ prompt }}<|assistant|>{{ response }}"
+        );
     }
 
     #[test]
@@ -677,7 +687,12 @@ mod tests {
 
     #[test]
     fn rejects_unsupported_constructs() {
-        for src in ["{{ define \"x\" }}{{ end }}", "{{ template \"x\" }}", "{{ printf \"%s\" .Prompt }}", "{{ if .System }}"] {
+        for src in [
+            "{{ define \"x\" }}{{ end }}",
+            "{{ template \"x\" }}",
+            "{{ printf \"%s\" .Prompt }}",
+            "{{ if .System }}",
+        ] {
             assert!(matches!(translate(src), Err(TemplateError::Unsupported(_))), "{src}");
         }
     }

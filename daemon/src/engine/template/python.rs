@@ -29,7 +29,11 @@ pub fn tojson(state: &State, value: &Value, indent: Option<Value>, kwargs: Kwarg
     let indent = match indent {
         None => None,
         Some(v) if v.is_none() || v.is_undefined() => None,
-        Some(v) => Some(usize::try_from(v.clone()).map_err(|_| Error::new(ErrorKind::InvalidOperation, "indent must be an integer"))?.min(16)),
+        Some(v) => Some(
+            usize::try_from(v.clone())
+                .map_err(|_| Error::new(ErrorKind::InvalidOperation, "indent must be an integer"))?
+                .min(16),
+        ),
     };
     let separators: Option<Vec<String>> = kwargs.get("separators")?;
     let (item_sep, key_sep) = match separators {
@@ -51,7 +55,13 @@ pub fn tojson(state: &State, value: &Value, indent: Option<Value>, kwargs: Kwarg
     Ok(Value::from_safe_string(out))
 }
 
-fn write_json(state: &State, value: &Value, style: &JsonStyle, depth: usize, out: &mut String) -> Result<(), Error> {
+fn write_json(
+    state: &State,
+    value: &Value,
+    style: &JsonStyle,
+    depth: usize,
+    out: &mut String,
+) -> Result<(), Error> {
     if depth > MAX_DEPTH {
         return Err(Error::new(ErrorKind::InvalidOperation, "tojson: value nested too deeply"));
     }
@@ -166,8 +176,20 @@ pub fn strftime_now(format: &str) -> Result<String, Error> {
     Ok(strftime(format, secs))
 }
 
-const MONTHS: [&str; 12] =
-    ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+const MONTHS: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
 const DAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
 
 /// Formats a Unix time (UTC).
@@ -256,6 +278,6 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
 
 fn day_of_year(year: u64, month: u64, day: u64) -> u64 {
     const CUMULATIVE: [u64; 12] = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334];
-    let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    let leap = (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400);
     CUMULATIVE[(month - 1) as usize] + day + u64::from(leap && month > 2)
 }

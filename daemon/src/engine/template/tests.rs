@@ -79,9 +79,13 @@ fn python_string_methods_and_namespace() {
 #[test]
 fn tojson_is_python_json_dumps() {
     let mut c = chat(vec![msg("user", "x")]);
-    c.tools_json = Some(r#"[{"type":"function","function":{"name":"f","z":1,"a":[1,2.5,"é\n",true,null]}}]"#.into());
+    c.tools_json =
+        Some(r#"[{"type":"function","function":{"name":"f","z":1,"a":[1,2.5,"é\n",true,null]}}]"#.into());
     let out = render("{{ tools[0] | tojson }}", &c).unwrap();
-    assert_eq!(out, r#"{"type": "function", "function": {"name": "f", "z": 1, "a": [1, 2.5, "é\n", true, null]}}"#);
+    assert_eq!(
+        out,
+        r#"{"type": "function", "function": {"name": "f", "z": 1, "a": [1, 2.5, "é\n", true, null]}}"#
+    );
     let out = render("{{ tools[0].function.a | tojson(indent=2) }}", &c).unwrap();
     assert_eq!(out, "[\n  1,\n  2.5,\n  \"é\\n\",\n  true,\n  null\n]");
     let out = render("{{ {'b': 1, 'a': '<&>'} | tojson(sort_keys=true) }}", &c).unwrap();
@@ -100,7 +104,10 @@ fn tool_calls_are_passed_to_templates() {
 fn strftime_formats_utc() {
     assert_eq!(python::strftime("%d %b %Y %H:%M:%S %A", 0), "01 Jan 1970 00:00:00 Thursday");
     // 2024-02-29 13:05:09 UTC
-    assert_eq!(python::strftime("%Y-%m-%d %-d %B %j %I%p %%", 1_709_211_909), "2024-02-29 29 February 060 01PM %");
+    assert_eq!(
+        python::strftime("%Y-%m-%d %-d %B %j %I%p %%", 1_709_211_909),
+        "2024-02-29 29 February 060 01PM %"
+    );
     let today = render("{{ strftime_now('%Y') }}", &chat(vec![])).unwrap();
     assert_eq!(today.len(), 4);
 }
@@ -125,7 +132,12 @@ fn assert_fast_error(source: &str) -> TemplateError {
 #[test]
 fn hostile_templates_error_fast() {
     // Python internals are refused outright.
-    for src in ["{{ ''.__class__ }}", "{{ ''.__class__.__mro__[1].__subclasses__() }}", "{{ x|attr('__class__') }}", "{{ cycler.__init__.__globals__ }}"] {
+    for src in [
+        "{{ ''.__class__ }}",
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+        "{{ x|attr('__class__') }}",
+        "{{ cycler.__init__.__globals__ }}",
+    ] {
         let err = assert_fast_error(src);
         assert!(matches!(err, TemplateError::Syntax(_)), "{src}: {err}");
     }
@@ -144,7 +156,12 @@ fn hostile_templates_error_fast() {
     assert!(matches!(err, TemplateError::Limit(_) | TemplateError::Render(_)), "{err}");
     // Templates cannot include, import or extend anything (minijinja is built without
     // `multi_template`), so neither files nor themselves.
-    for src in ["{% include '/etc/passwd' %}", "{% include 'chat' %}", "{% extends 'chat' %}", "{% import 'chat' as x %}"] {
+    for src in [
+        "{% include '/etc/passwd' %}",
+        "{% include 'chat' %}",
+        "{% extends 'chat' %}",
+        "{% import 'chat' as x %}",
+    ] {
         let err = assert_fast_error(src);
         assert!(matches!(err, TemplateError::Syntax(_)), "{src}: {err}");
     }
@@ -176,7 +193,10 @@ fn go_simple_prompt_template() {
 fn go_messages_template() {
     let src = "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n";
     let out = render(src, &chat(vec![msg("system", "S"), msg("user", "Hi")])).unwrap();
-    assert_eq!(out, "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+    assert_eq!(
+        out,
+        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    );
 }
 
 #[test]
@@ -208,8 +228,17 @@ fn go_llama3_style_template() {
 fn fallback_is_raw_for_one_turn_and_a_transcript_otherwise() {
     let t = ChatTemplate::fallback();
     assert!(t.is_fallback());
-    assert_eq!(t.render(&chat(vec![msg("user", "The capital of France is")]), &special()).unwrap(), "The capital of France is");
-    assert_eq!(t.render(&chat(vec![msg("system", "Facts."), msg("user", "Paris is")]), &special()).unwrap(), "Facts.\n\nParis is");
+    assert_eq!(
+        t.render(&chat(vec![msg("user", "The capital of France is")]), &special()).unwrap(),
+        "The capital of France is"
+    );
+    assert_eq!(
+        t.render(&chat(vec![msg("system", "Facts."), msg("user", "Paris is")]), &special()).unwrap(),
+        "Facts.\n\nParis is"
+    );
     let multi = chat(vec![msg("user", "Hi"), msg("assistant", "Hello"), msg("user", "Bye")]);
-    assert_eq!(t.render(&multi, &special()).unwrap(), "User: Hi\n\nAssistant: Hello\n\nUser: Bye\n\nAssistant:");
+    assert_eq!(
+        t.render(&multi, &special()).unwrap(),
+        "User: Hi\n\nAssistant: Hello\n\nUser: Bye\n\nAssistant:"
+    );
 }
