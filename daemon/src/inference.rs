@@ -67,33 +67,11 @@ pub fn merge_options(parameters: &[(String, String)], options: Option<&pb::Optio
     }
     if let Some(o) = options {
         let s = &mut m.sampling;
-        if let Some(v) = o.temperature {
-            s.temperature = v;
+        // Each option the request sets replaces the Modelfile's value.
+        macro_rules! take {
+            ($($field:ident),*) => { $( if let Some(v) = o.$field { s.$field = v; } )* };
         }
-        if let Some(v) = o.top_k {
-            s.top_k = v;
-        }
-        if let Some(v) = o.top_p {
-            s.top_p = v;
-        }
-        if let Some(v) = o.min_p {
-            s.min_p = v;
-        }
-        if let Some(v) = o.typical_p {
-            s.typical_p = v;
-        }
-        if let Some(v) = o.repeat_last_n {
-            s.repeat_last_n = v;
-        }
-        if let Some(v) = o.repeat_penalty {
-            s.repeat_penalty = v;
-        }
-        if let Some(v) = o.presence_penalty {
-            s.presence_penalty = v;
-        }
-        if let Some(v) = o.frequency_penalty {
-            s.frequency_penalty = v;
-        }
+        take!(temperature, top_k, top_p, min_p, typical_p, repeat_last_n, repeat_penalty, presence_penalty, frequency_penalty);
         if let Some(v) = o.seed {
             s.seed = Some(v.unsigned_abs());
         }

@@ -540,3 +540,44 @@ fn engine_missing_model_is_a_load_error() {
         Err(EngineError::Load(_))
     ));
 }
+
+#[test]
+fn engine_unified_kv_cache_batches_and_reuses_prefixes() {
+    let path = tiny();
+    let mut c = config(&path);
+    c.kv_unified = true;
+    c.prefill_chunk = 5;
+    let engine = LlamaCppEngine::load(c).expect("load");
+    let streams: Vec<_> = PROMPTS[..4].iter().map(|p| engine.generate(request(p, 20)).unwrap()).collect();
+    for (p, rx) in PROMPTS[..4].iter().zip(streams) {
+        assert_eq!(collect(rx).text, reference_greedy(&path, p, 20), "{p}");
+    }
+    let long: String = (0..20).map(|i| format!("line {i} of the shared preamble. ")).collect();
+    let first = run(&engine, request(&format!("{long}first"), 8));
+    let second = run(&engine, request(&format!("{long}second"), 8));
+    assert!(second.stats.cached_tokens > 100, "{:?}", second.stats);
+    assert_eq!(second.text, reference_greedy(&path, &format!("{long}second"), 8));
+    assert_eq!(first.text, reference_greedy(&path, &format!("{long}first"), 8));
+}
+
+#[test]
+fn engine_shared_prefix_arriving_together_is_prefilled_once() {
+    let path = tiny();
+    let mut c = config(&path);
+    c.n_batch = 64;
+    c.prefill_chunk = 64;
+    let engine = LlamaCppEngine::load(c).expect("load");
+    let system: String = (0..30).map(|i| format!("shared rule {i}. ")).collect();
+    let prompts: Vec<String> = (0..4).map(|i| format!("{system}user question {i}?")).collect();
+    let before = engine.stats().prompt_tokens_decoded;
+    let streams: Vec<_> = prompts.iter().map(|p| engine.generate(request(p, 6)).unwrap()).collect();
+    let outs: Vec<Outcome> = streams.into_iter().map(collect).collect();
+    let decoded = engine.stats().prompt_tokens_decoded - before;
+    let total: u32 = outs.iter().map(|o| o.stats.prompt_tokens).sum();
+    let cached: u32 = outs.iter().map(|o| o.stats.cached_tokens).sum();
+    assert!(cached > total / 2, "cached {cached} of {total}");
+    assert_eq!(decoded, u64::from(total - cached));
+    for (p, o) in prompts.iter().zip(&outs) {
+        assert_eq!(o.text, reference_greedy(&path, p, 6), "{p}");
+    }
+}

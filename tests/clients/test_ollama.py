@@ -2,7 +2,6 @@
 
 import base64
 import json
-import time
 
 import httpx
 import ollama
@@ -135,9 +134,9 @@ def test_pull_create_copy_delete(admin, client):
 
     assert client.generate(model=REGISTRY_MODEL, prompt="hi", options={"num_predict": 2}).eval_count == 2
     assert client.generate(model="from-blob", prompt="x", options={"num_predict": 1}).eval_count == 1
-    # Usage is written just after a reply ends; a store write racing it can still meet SQLite's
-    # busy error while the catalog's transactions start deferred (reported to the store's owner).
-    time.sleep(0.5)
+    # Usage is written just after a reply ends; the deletes below race it. Catalog transactions
+    # start with BEGIN IMMEDIATE, so they wait for the lock instead of failing as "database is
+    # locked" (a deferred read-then-write transaction cannot wait).
     if ROOT:
         with pytest.raises(ollama.ResponseError) as e:
             client.delete("made-copy")

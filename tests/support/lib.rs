@@ -253,7 +253,8 @@ impl Daemon {
 
     /// Runs `hyperctl ARGS` as the test process's user.
     pub fn ctl(&self, args: &[&str]) -> Output {
-        self.ctl_command(args).output().unwrap()
+        let mut command = self.ctl_command(args);
+        retry_busy(|| command.output()).unwrap()
     }
 
     /// `hyperctl ARGS` as a command, for callers that need to adjust it.
@@ -269,7 +270,7 @@ impl Daemon {
         command.uid(user.uid).gid(user.gid).env("HOME", "/");
         // std drops root's supplementary groups when it switches uid; the daemon looks group
         // membership up in the group database, as it does for real logins.
-        command.output().unwrap()
+        retry_busy(|| command.output()).unwrap()
     }
 
     /// Sends a signal.
@@ -352,7 +353,22 @@ impl Drop for Daemon {
 pub fn spawn_logged(command: &mut Command, log: &Path) -> Child {
     let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
     command.stdout(file.try_clone().unwrap()).stderr(file).stdin(Stdio::null());
-    command.spawn().expect("spawn hyperllamad")
+    retry_busy(|| command.spawn()).expect("spawn hyperllamad")
+}
+
+/// Retries an exec that failed with ETXTBSY: a freshly copied binary is briefly "busy" while
+/// another test thread's fork still holds the copy's write descriptor (until that child execs).
+pub fn retry_busy<T>(mut run: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    let mut attempts = 0;
+    loop {
+        match run() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempts < 50 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// stdout and stderr of an output, for assertion messages.

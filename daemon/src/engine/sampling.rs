@@ -103,16 +103,41 @@ fn finite_or_zero(x: f32) -> f32 {
 }
 
 /// Index of the largest value; the first one on ties (llama.cpp's greedy sampler).
+///
+/// Eight independent lanes (element `i` goes to lane `i % 8`) let the compiler vectorize the
+/// scan over a 262k-entry vocabulary; each lane keeps its first maximum, and the lanes are
+/// merged preferring the smaller index, which is the global first maximum.
 pub fn argmax(values: &[f32]) -> usize {
-    let mut best = 0;
-    let mut best_value = f32::NEG_INFINITY;
-    for (i, &v) in values.iter().enumerate() {
-        if v > best_value {
-            best_value = v;
-            best = i;
+    const LANES: usize = 8;
+    let mut best = [f32::NEG_INFINITY; LANES];
+    let mut index = [0u32; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for (c, chunk) in chunks.enumerate() {
+        for lane in 0..LANES {
+            if chunk[lane] > best[lane] {
+                best[lane] = chunk[lane];
+                index[lane] = (c * LANES + lane) as u32;
+            }
         }
     }
-    best
+    let mut best_i = usize::MAX;
+    let mut best_v = f32::NEG_INFINITY;
+    for lane in 0..LANES {
+        let i = index[lane] as usize;
+        if best[lane] > best_v || (best[lane] == best_v && best[lane] > f32::NEG_INFINITY && i < best_i) {
+            best_v = best[lane];
+            best_i = i;
+        }
+    }
+    let base = values.len() - tail.len();
+    for (j, &v) in tail.iter().enumerate() {
+        if v > best_v {
+            best_v = v;
+            best_i = base + j;
+        }
+    }
+    if best_i == usize::MAX { 0 } else { best_i }
 }
 
 /// `log softmax(logits)[index]`, computed stably.
@@ -216,10 +241,35 @@ mod tests {
         assert_eq!(PenaltyWindow::new(&params(-1, 1.1, 0.0, 0.0), 77).last_n, 77);
     }
 
+    fn argmax_reference(values: &[f32]) -> usize {
+        let mut best = 0;
+        for (i, &v) in values.iter().enumerate() {
+            if v > values[best] {
+                best = i;
+            }
+        }
+        best
+    }
+
     #[test]
     fn argmax_takes_first_maximum() {
         assert_eq!(argmax(&[1.0, 3.0, 3.0, 2.0]), 1);
         assert_eq!(argmax(&[f32::NEG_INFINITY, f32::NEG_INFINITY]), 0);
+        assert_eq!(argmax(&[]), 0);
+        // Ties across lanes and in the tail, many lengths, a few distinct values.
+        let mut x: u32 = 1;
+        for len in 1..200 {
+            let v: Vec<f32> = (0..len)
+                .map(|_| {
+                    x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                    ((x >> 16) % 5) as f32
+                })
+                .collect();
+            assert_eq!(argmax(&v), argmax_reference(&v), "{v:?}");
+        }
+        let mut v = vec![f32::NEG_INFINITY; 20];
+        v[13] = f32::NEG_INFINITY;
+        assert_eq!(argmax(&v), 0);
     }
 
     #[test]

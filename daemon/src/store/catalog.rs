@@ -121,7 +121,7 @@ fn to_u64(v: i64) -> u64 {
 pub async fn register(db: &SqlitePool, m: &NewModel<'_>) -> Result<Vec<(Digest, u64)>> {
     let digest = Digest::of(m.manifest_bytes);
     let now = now();
-    let mut tx = db.begin().await?;
+    let mut tx = db.begin_with("BEGIN IMMEDIATE").await?;
     for layer in m.manifest.all_layers() {
         let info = m.infos.iter().find(|(d, _)| *d == layer.digest).map(|(_, i)| i);
         sqlx::query(
@@ -341,7 +341,7 @@ pub async fn copy(
     uid: u32,
     user: &str,
 ) -> Result<Option<Vec<(Digest, u64)>>> {
-    let mut tx = db.begin().await?;
+    let mut tx = db.begin_with("BEGIN IMMEDIATE").await?;
     let manifest: Option<String> = sqlx::query_scalar("SELECT manifest FROM tags WHERE name = ?1")
         .bind(source)
         .fetch_optional(&mut *tx)
@@ -358,7 +358,7 @@ pub async fn copy(
 /// Removes a name; returns the blobs nothing refers to any more, or `None` if the name is
 /// unknown.
 pub async fn delete(db: &SqlitePool, name: &str, uid: u32, user: &str) -> Result<Option<Vec<(Digest, u64)>>> {
-    let mut tx = db.begin().await?;
+    let mut tx = db.begin_with("BEGIN IMMEDIATE").await?;
     let manifest: Option<String> = sqlx::query_scalar("DELETE FROM tags WHERE name = ?1 RETURNING manifest")
         .bind(name)
         .fetch_optional(&mut *tx)
@@ -401,7 +401,7 @@ pub async fn set_present(db: &SqlitePool, digest: &Digest, present: bool) -> Res
 
 /// Removes garbage left by a crash between a name's removal and its blobs' (start-up).
 pub async fn sweep(db: &SqlitePool) -> Result<Vec<(Digest, u64)>> {
-    let mut tx = db.begin().await?;
+    let mut tx = db.begin_with("BEGIN IMMEDIATE").await?;
     let freed = collect_garbage(&mut tx).await?;
     tx.commit().await?;
     Ok(freed)

@@ -97,6 +97,8 @@ struct Worker<'m> {
     n_swa: i32,
     tick: u64,
     admitted: u64,
+    /// Reused buffer: prefilling sequences by admission order.
+    prefill_order: Vec<(u64, usize)>,
 }
 
 impl<'m> Worker<'m> {
@@ -174,6 +176,7 @@ impl<'m> Worker<'m> {
             n_swa,
             tick: 0,
             admitted: 0,
+            prefill_order: Vec::with_capacity(n_parallel as usize),
         })
     }
 
@@ -259,7 +262,12 @@ impl<'m> Worker<'m> {
 
     /// Moves waiting requests into free slots, reusing cached prefixes.
     fn admit(&mut self) {
+        let mut deferred = Vec::new();
         while let Some(pending) = self.waiting.pop_front() {
+            if self.prefix_in_progress(&pending.admitted) {
+                deferred.push(pending);
+                continue;
+            }
             let placement = {
                 let infos: Vec<SlotInfo<'_, LlamaToken>> = self
                     .slots
@@ -275,7 +283,7 @@ impl<'m> Worker<'m> {
             };
             let Some(placement) = placement else {
                 self.waiting.push_front(pending);
-                return;
+                break;
             };
             let reuse = self.prepare_slot(placement, &pending.admitted.tokens);
             let slot = &mut self.slots[placement.slot];
@@ -285,6 +293,25 @@ impl<'m> Worker<'m> {
             tracing::debug!(request = %seq.id, slot = slot.seq_id, prompt = seq.prompt.len(), reuse, "admitted");
             slot.seq = Some(Box::new(seq));
         }
+        // Deferred requests keep their place at the front, in order.
+        for pending in deferred.into_iter().rev() {
+            self.waiting.push_front(pending);
+        }
+    }
+
+    /// Whether a running sequence under the same salt is still prefilling a long prefix this
+    /// request shares: waiting for it and copying its KV beats computing the prefix twice
+    /// (8 clients sending one system prompt at once prefill it once, not 8 times).
+    fn prefix_in_progress(&self, request: &super::prompt::Admitted) -> bool {
+        let usable = request.tokens.len().saturating_sub(1);
+        self.slots.iter().any(|slot| {
+            let Some(seq) = slot.seq.as_ref() else { return false };
+            if slot.salt != Some(request.cache_salt) || !seq.prefilling() {
+                return false;
+            }
+            let shared = slots::common_prefix(&seq.prompt, &request.tokens).min(usable);
+            shared >= MIN_COPY_TOKENS && slot.cached.len() < shared
+        })
     }
 
     /// Makes the slot's KV hold exactly `prompt[..reuse]`; returns the `reuse` achieved.
@@ -376,27 +403,25 @@ impl<'m> Worker<'m> {
             self.slots.iter().filter(|s| s.seq.as_ref().is_some_and(|q| q.next.is_some())).count();
         let mut budget = if generating > 0 { self.prefill_chunk } else { self.n_batch };
         budget = budget.min(self.n_batch.saturating_sub(generating));
-        let mut order: Vec<(u64, usize)> = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| {
-                s.seq.as_ref().filter(|q| q.next.is_none() && q.prefilling()).map(|q| (q.order, i))
-            })
-            .collect();
+        let mut order = std::mem::take(&mut self.prefill_order);
+        order.clear();
+        order.extend(self.slots.iter().enumerate().filter_map(|(i, s)| {
+            s.seq.as_ref().filter(|q| q.next.is_none() && q.prefilling()).map(|q| (q.order, i))
+        }));
         order.sort_unstable();
         for slot in &mut self.slots {
             if let Some(seq) = slot.seq.as_mut() {
                 seq.chunk = 0;
             }
         }
-        for (_, i) in order {
+        for &(_, i) in &order {
             if let Some(seq) = self.slots[i].seq.as_mut() {
                 let chunk = (seq.prompt.len() - seq.prompt_done).min(budget);
                 seq.chunk = chunk;
                 budget -= chunk;
             }
         }
+        self.prefill_order = order;
     }
 
     /// Records what was decoded, samples where logits are ready, emits text, ends sequences.
