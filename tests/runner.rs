@@ -42,9 +42,13 @@ fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
 
 /// "prompt eval count:    N token(s) (M cached)" from `hyperctl run --verbose`.
 fn prompt_counts(stderr: &str) -> (u32, u32) {
-    let line = stderr.lines().find(|l| l.starts_with("prompt eval count:")).unwrap_or_else(|| panic!("{stderr}"));
-    let numbers: Vec<u32> =
-        line.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect();
+    let line =
+        stderr.lines().find(|l| l.starts_with("prompt eval count:")).unwrap_or_else(|| panic!("{stderr}"));
+    let numbers: Vec<u32> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect();
     (numbers[0], numbers[1])
 }
 
@@ -80,7 +84,10 @@ fn prefix_reuse_is_per_user() {
     let second = daemon.ctl(&["run", "tiny", &prompt, "--verbose"]);
     let (total2, cached2) = prompt_counts(&String::from_utf8_lossy(&second.stderr));
     assert_eq!(total2, total);
-    assert!(cached2 + 8 >= total && cached2 < total, "second identical prompt reuses its prefix: {cached2}/{total}");
+    assert!(
+        cached2 + 8 >= total && cached2 < total,
+        "second identical prompt reuses its prefix: {cached2}/{total}"
+    );
     if !is_root() {
         return skip("prefix_reuse_is_per_user (other user part)", "needs root to create a throwaway user");
     }
@@ -94,7 +101,10 @@ fn prefix_reuse_is_per_user() {
 #[test]
 fn killing_a_runner_fails_its_request_clearly_and_it_is_restarted() {
     let Some(gemma) = gemma() else {
-        return skip("killing_a_runner_fails_its_request_clearly", "Gemma 3 270M not fetched (scripts/test.sh does)");
+        return skip(
+            "killing_a_runner_fails_its_request_clearly",
+            "Gemma 3 270M not fetched (scripts/test.sh does)",
+        );
     };
     let daemon = Daemon::start(DaemonOptions::default());
     daemon.create_model("gemma", &gemma, "PARAMETER temperature 0\nPARAMETER num_predict 2000");
@@ -111,7 +121,8 @@ fn killing_a_runner_fails_its_request_clearly_and_it_is_restarted() {
         loaded.first().is_some_and(|m| m.2 == 1)
     });
     std::thread::sleep(Duration::from_millis(300));
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(runner_pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(runner_pid as i32), nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
     let out = long.wait_with_output().unwrap();
     assert!(!out.status.success(), "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -125,7 +136,9 @@ fn killing_a_runner_fails_its_request_clearly_and_it_is_restarted() {
     assert_ne!(loaded[0].1, runner_pid, "a new runner process");
     assert!(daemon.ctl(&["status"]).status.success(), "the daemon kept running");
     assert_eq!(
-        std::fs::read_to_string(format!("/proc/{}/status", daemon.pid())).map(|s| s.contains("State:\tZ")).ok(),
+        std::fs::read_to_string(format!("/proc/{}/status", daemon.pid()))
+            .map(|s| s.contains("State:\tZ"))
+            .ok(),
         Some(false),
         "the daemon's pid is unchanged and alive"
     );
@@ -134,13 +147,17 @@ fn killing_a_runner_fails_its_request_clearly_and_it_is_restarted() {
 #[test]
 fn a_late_user_is_served_before_another_users_backlog_drains() {
     if !is_root() {
-        return skip("a_late_user_is_served_before_another_users_backlog_drains", "needs root for a second user");
+        return skip(
+            "a_late_user_is_served_before_another_users_backlog_drains",
+            "needs root for a second user",
+        );
     }
     let Some(gemma) = gemma() else {
         return skip("a_late_user_is_served_before_another_users_backlog_drains", "Gemma 3 270M not fetched");
     };
     let daemon = Daemon::start(DaemonOptions {
-        config: "[runners]\nparallel = 1\n[quota]\nmax_concurrent_requests = 1\nmax_queued_requests = 100\n".into(),
+        config: "[runners]\nparallel = 1\n[quota]\nmax_concurrent_requests = 1\nmax_queued_requests = 100\n"
+            .into(),
         ..Default::default()
     });
     daemon.create_model("gemma", &gemma, "PARAMETER temperature 0\nPARAMETER num_predict 6");
@@ -170,7 +187,10 @@ fn a_late_user_is_served_before_another_users_backlog_drains() {
     for mut child in backlog {
         let _ = child.wait();
     }
-    assert!(still_waiting >= 20, "B finished while A still had {still_waiting} request(s) queued; expected most of A's backlog");
+    assert!(
+        still_waiting >= 20,
+        "B finished while A still had {still_waiting} request(s) queued; expected most of A's backlog"
+    );
 }
 
 #[test]
@@ -209,7 +229,10 @@ fn a_second_model_evicts_an_idle_first_one_under_a_small_budget() {
 
 #[test]
 fn a_model_that_can_never_fit_says_what_it_needs() {
-    let daemon = Daemon::start(DaemonOptions { config: "[runners]\nmemory_budget = \"20MB\"\n".into(), ..Default::default() });
+    let daemon = Daemon::start(DaemonOptions {
+        config: "[runners]\nmemory_budget = \"20MB\"\n".into(),
+        ..Default::default()
+    });
     let model = daemon.tiny_model(&TinyModelSpec::default(), "tiny.gguf");
     daemon.create_model("tiny", &model, "");
     let out = daemon.ctl(&["run", "tiny", "hi"]);

@@ -112,7 +112,12 @@ pub async fn usage(db: &SqlitePool, only: Option<u32>) -> Result<Vec<pb::UserUsa
 }
 
 /// Adds one request's tokens to `uid`'s usage.
-pub async fn record_usage(db: &SqlitePool, uid: u32, prompt_tokens: u32, completion_tokens: u32) -> Result<()> {
+pub async fn record_usage(
+    db: &SqlitePool,
+    uid: u32,
+    prompt_tokens: u32,
+    completion_tokens: u32,
+) -> Result<()> {
     sqlx::query(
         "INSERT INTO usage (uid, requests, prompt_tokens, completion_tokens, last_seen_at) VALUES (?1, 1, ?2, ?3, ?4)
          ON CONFLICT(uid) DO UPDATE SET requests = requests + 1, prompt_tokens = prompt_tokens + ?2,

@@ -147,7 +147,12 @@ pub struct QuotaConfig {
 
 impl Default for QuotaConfig {
     fn default() -> Self {
-        Self { max_concurrent_requests: 4, max_queued_requests: 64, tokens_per_minute: 0, service_max_queued: 1024 }
+        Self {
+            max_concurrent_requests: 4,
+            max_queued_requests: 64,
+            tokens_per_minute: 0,
+            service_max_queued: 1024,
+        }
     }
 }
 
@@ -194,8 +199,9 @@ impl Default for RunnersConfig {
 impl RunnersConfig {
     /// `memory_budget` in bytes; 0 means automatic.
     pub fn memory_budget_bytes(&self) -> Result<u64, ConfigError> {
-        parse_bytes(&self.memory_budget)
-            .ok_or_else(|| invalid("runners.memory_budget", "must be \"auto\" or a size such as \"16GiB\" or \"512MB\""))
+        parse_bytes(&self.memory_budget).ok_or_else(|| {
+            invalid("runners.memory_budget", "must be \"auto\" or a size such as \"16GiB\" or \"512MB\"")
+        })
     }
 }
 
@@ -252,7 +258,10 @@ impl HttpConfig {
             .iter()
             .map(|a| {
                 a.parse().map_err(|_| {
-                    invalid("http.listen", &format!("`{a}` is not an address such as \"127.0.0.1:11434\" or \"[::1]:11434\""))
+                    invalid(
+                        "http.listen",
+                        &format!("`{a}` is not an address such as \"127.0.0.1:11434\" or \"[::1]:11434\""),
+                    )
                 })
             })
             .collect()
@@ -339,9 +348,10 @@ impl Config {
         self.socket_mode()?;
         self.runners.memory_budget_bytes()?;
         self.http.max_body_bytes()?;
-        self.store
-            .validate()
-            .map_err(|(key, message)| ConfigError::Invalid { what: format!("configuration key `{key}`"), message })?;
+        self.store.validate().map_err(|(key, message)| ConfigError::Invalid {
+            what: format!("configuration key `{key}`"),
+            message,
+        })?;
         self.http.listen_addrs()?;
         if self.runners.parallel == 0 || self.runners.context_length < 64 {
             return Err(invalid("runners", "parallel must be at least 1 and context_length at least 64"));

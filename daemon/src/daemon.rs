@@ -11,9 +11,9 @@ use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::GlobalQueue;
 use crate::cli::Cli;
 use crate::config::{Config, Dirs};
-use crate::admission::GlobalQueue;
 use crate::control;
 use crate::error::{Error, Result};
 use crate::lifecycle::DrainOutcome;
@@ -90,7 +90,8 @@ pub async fn run(prepared: Prepared, cli: Arc<Cli>) -> Result<()> {
     let notifier = Notifier;
     let db = crate::db::open(&prepared.config.dirs().state).await?;
     // The store is reconciled with its files before the daemon says it is ready.
-    let store = crate::store::Store::open(&prepared.config.dirs().state, db.clone(), &prepared.config.store).await?;
+    let store =
+        crate::store::Store::open(&prepared.config.dirs().state, db.clone(), &prepared.config.store).await?;
     let dirs = prepared.config.dirs();
     let residency = Residency::new(
         prepared.config.runners.clone(),

@@ -106,7 +106,9 @@ impl Error {
             Error::PermissionDenied { .. } => StatusCode::FORBIDDEN,
             Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Error::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
-            Error::ShuttingDown | Error::ServiceFull { .. } | Error::Runner(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::ShuttingDown | Error::ServiceFull { .. } | Error::Runner(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Error::UserOverQuota { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::DoesNotFit { .. } => StatusCode::INSUFFICIENT_STORAGE,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
@@ -124,7 +126,9 @@ impl Error {
     /// Seconds after which a retry may succeed (the `Retry-After` header), for overload errors.
     pub fn retry_after(&self) -> Option<u64> {
         match self {
-            Error::UserOverQuota { retry_after, .. } | Error::ServiceFull { retry_after } => Some(*retry_after),
+            Error::UserOverQuota { retry_after, .. } | Error::ServiceFull { retry_after } => {
+                Some(*retry_after)
+            }
             Error::ShuttingDown => Some(5),
             _ => None,
         }
@@ -171,7 +175,12 @@ mod tests {
         let status: tonic::Status = over.into();
         assert_eq!(status.metadata().get(HTTP_STATUS_KEY).unwrap(), "429");
         assert_eq!(status.metadata().get(RETRY_AFTER_KEY).unwrap(), "7");
-        let fit = Error::DoesNotFit { model: "m".into(), needed: "1".into(), available: "0".into(), hint: String::new() };
+        let fit = Error::DoesNotFit {
+            model: "m".into(),
+            needed: "1".into(),
+            available: "0".into(),
+            hint: String::new(),
+        };
         assert_eq!(fit.http_status(), StatusCode::INSUFFICIENT_STORAGE);
     }
 

@@ -11,16 +11,16 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tonic::Status;
 
-use crate::control::RpcStream;
 use crate::accounts;
 use crate::admission::UserLimits;
+use crate::control::RpcStream;
 use crate::engine::{
     ChatMessage, ChatPrompt, EngineEvent, GenerateRequest, OutputFormat, Prompt, RequestStats, SamplingParams,
 };
 use crate::error::{Error, Result};
 use crate::identity::PeerIdentity;
 use crate::lifecycle::WorkGuard;
-use crate::residency::{Loaded, LoadRequest, Residency};
+use crate::residency::{LoadRequest, Loaded, Residency};
 use crate::runner::convert;
 use crate::state::Shared;
 use crate::store::ResolvedModel;
@@ -71,7 +71,17 @@ pub fn merge_options(parameters: &[(String, String)], options: Option<&pb::Optio
         macro_rules! take {
             ($($field:ident),*) => { $( if let Some(v) = o.$field { s.$field = v; } )* };
         }
-        take!(temperature, top_k, top_p, min_p, typical_p, repeat_last_n, repeat_penalty, presence_penalty, frequency_penalty);
+        take!(
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            typical_p,
+            repeat_last_n,
+            repeat_penalty,
+            presence_penalty,
+            frequency_penalty
+        );
         if let Some(v) = o.seed {
             s.seed = Some(v.unsigned_abs());
         }
@@ -238,7 +248,9 @@ async fn drive<T: Send + 'static>(
     }
     let spent = u64::from(stats.prompt_tokens) + u64::from(stats.generated_tokens);
     shared.residency.global_queue().charge(uid, spent);
-    if let Err(error) = accounts::record_usage(&shared.db, uid, stats.prompt_tokens, stats.generated_tokens).await {
+    if let Err(error) =
+        accounts::record_usage(&shared.db, uid, stats.prompt_tokens, stats.generated_tokens).await
+    {
         tracing::warn!(%error, uid, "cannot record usage");
     }
 }
@@ -250,7 +262,8 @@ async fn runner_status(
     runner: &crate::runner::process::RunnerProcess,
     status: Status,
 ) -> Status {
-    let transport = matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal);
+    let transport =
+        matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal);
     if transport && tokio::time::timeout(Duration::from_millis(500), runner.wait_exit()).await.is_ok() {
         return Residency::crash_error(loaded, runner).into();
     }
@@ -298,7 +311,8 @@ fn chat_prompt(
     if !messages.iter().any(|m| m.role == "system")
         && let Some(system) = resolved.system.as_ref().filter(|s| !s.is_empty())
     {
-        messages.insert(0, ChatMessage { role: "system".into(), content: system.clone(), tool_calls_json: None });
+        messages
+            .insert(0, ChatMessage { role: "system".into(), content: system.clone(), tool_calls_json: None });
     }
     let history = resolved.messages.iter().map(|(role, content)| ChatMessage {
         role: role.clone(),
@@ -318,43 +332,64 @@ fn chat_prompt(
 }
 
 /// Generate.
-pub fn generate(shared: Arc<Shared>, who: PeerIdentity, guard: WorkGuard, req: pb::GenerateRequest) -> RpcStream<pb::GenerateResponse> {
+pub fn generate(
+    shared: Arc<Shared>,
+    who: PeerIdentity,
+    guard: WorkGuard,
+    req: pb::GenerateRequest,
+) -> RpcStream<pb::GenerateResponse> {
     let model = req.model.clone();
     let keep_alive = req.keep_alive_seconds;
     let uid = who.uid;
-    let build = Box::new(move |resolved: &ResolvedModel, health: &pb::RunnerHealth| -> Result<GenerateRequest> {
-        let merged = merge_options(&resolved.parameters, req.options.as_ref())?;
-        if !req.images.is_empty() {
-            return Err(Error::InvalidArgument(format!("{} has no vision support; send text only", resolved.name)));
-        }
-        let system = if req.system.is_empty() { resolved.system.clone().unwrap_or_default() } else { req.system.clone() };
-        let prompt = if req.raw {
-            Prompt::Text(req.prompt.clone())
-        } else {
-            let mut messages = Vec::new();
-            if !req.system.is_empty() {
-                messages.push(ChatMessage { role: "system".into(), content: req.system.clone(), tool_calls_json: None });
+    let build =
+        Box::new(move |resolved: &ResolvedModel, health: &pb::RunnerHealth| -> Result<GenerateRequest> {
+            let merged = merge_options(&resolved.parameters, req.options.as_ref())?;
+            if !req.images.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "{} has no vision support; send text only",
+                    resolved.name
+                )));
             }
-            messages.push(ChatMessage { role: "user".into(), content: req.prompt.clone(), tool_calls_json: None });
-            match chat_prompt(resolved, health, &req.template, messages, "") {
-                Some(chat) => Prompt::Chat(chat),
-                // A base model with no template continues the text it is given.
-                None if system.is_empty() => Prompt::Text(req.prompt.clone()),
-                None => Prompt::Text(format!("{system}\n\n{}", req.prompt)),
-            }
-        };
-        Ok(GenerateRequest {
-            id: request_id("gen"),
-            cache_salt: u64::from(uid),
-            prompt,
-            sampling: merged.sampling,
-            stop: merged.stop,
-            max_tokens: merged.max_tokens,
-            num_ctx: merged.num_ctx,
-            format: format_of(&req.format),
-            logprobs: false,
-        })
-    });
+            let system = if req.system.is_empty() {
+                resolved.system.clone().unwrap_or_default()
+            } else {
+                req.system.clone()
+            };
+            let prompt = if req.raw {
+                Prompt::Text(req.prompt.clone())
+            } else {
+                let mut messages = Vec::new();
+                if !req.system.is_empty() {
+                    messages.push(ChatMessage {
+                        role: "system".into(),
+                        content: req.system.clone(),
+                        tool_calls_json: None,
+                    });
+                }
+                messages.push(ChatMessage {
+                    role: "user".into(),
+                    content: req.prompt.clone(),
+                    tool_calls_json: None,
+                });
+                match chat_prompt(resolved, health, &req.template, messages, "") {
+                    Some(chat) => Prompt::Chat(chat),
+                    // A base model with no template continues the text it is given.
+                    None if system.is_empty() => Prompt::Text(req.prompt.clone()),
+                    None => Prompt::Text(format!("{system}\n\n{}", req.prompt)),
+                }
+            };
+            Ok(GenerateRequest {
+                id: request_id("gen"),
+                cache_salt: u64::from(uid),
+                prompt,
+                sampling: merged.sampling,
+                stop: merged.stop,
+                max_tokens: merged.max_tokens,
+                num_ctx: merged.num_ctx,
+                format: format_of(&req.format),
+                logprobs: false,
+            })
+        });
     let job = Job { who, model, keep_alive, build };
     spawn_stream(shared, job, guard, |out| match out {
         Out::Text(response) => pb::GenerateResponse { response, ..Default::default() },
@@ -365,41 +400,55 @@ pub fn generate(shared: Arc<Shared>, who: PeerIdentity, guard: WorkGuard, req: p
 }
 
 /// Chat.
-pub fn chat(shared: Arc<Shared>, who: PeerIdentity, guard: WorkGuard, req: pb::ChatRequest) -> RpcStream<pb::ChatResponse> {
+pub fn chat(
+    shared: Arc<Shared>,
+    who: PeerIdentity,
+    guard: WorkGuard,
+    req: pb::ChatRequest,
+) -> RpcStream<pb::ChatResponse> {
     let model = req.model.clone();
     let keep_alive = req.keep_alive_seconds;
     let uid = who.uid;
-    let build = Box::new(move |resolved: &ResolvedModel, health: &pb::RunnerHealth| -> Result<GenerateRequest> {
-        let merged = merge_options(&resolved.parameters, req.options.as_ref())?;
-        if req.messages.iter().any(|m| !m.images.is_empty()) {
-            return Err(Error::InvalidArgument(format!("{} has no vision support; send text only", resolved.name)));
-        }
-        let messages: Vec<ChatMessage> = req
-            .messages
-            .iter()
-            .map(|m| ChatMessage {
-                role: m.role.clone(),
-                content: m.content.clone(),
-                tool_calls_json: (!m.tool_calls_json.is_empty()).then(|| m.tool_calls_json.clone()),
+    let build =
+        Box::new(move |resolved: &ResolvedModel, health: &pb::RunnerHealth| -> Result<GenerateRequest> {
+            let merged = merge_options(&resolved.parameters, req.options.as_ref())?;
+            if req.messages.iter().any(|m| !m.images.is_empty()) {
+                return Err(Error::InvalidArgument(format!(
+                    "{} has no vision support; send text only",
+                    resolved.name
+                )));
+            }
+            let messages: Vec<ChatMessage> = req
+                .messages
+                .iter()
+                .map(|m| ChatMessage {
+                    role: m.role.clone(),
+                    content: m.content.clone(),
+                    tool_calls_json: (!m.tool_calls_json.is_empty()).then(|| m.tool_calls_json.clone()),
+                })
+                .collect();
+            let prompt = match chat_prompt(resolved, health, "", messages.clone(), &req.tools_json) {
+                Some(chat) => Prompt::Chat(chat),
+                // No template anywhere: the engine's documented fallback renders a plain transcript.
+                None => Prompt::Chat(ChatPrompt {
+                    messages,
+                    template: None,
+                    tools_json: None,
+                    add_generation_prompt: true,
+                }),
+            };
+            Ok(GenerateRequest {
+                id: request_id("chat"),
+                cache_salt: u64::from(uid),
+                prompt,
+                sampling: merged.sampling,
+                stop: merged.stop,
+                max_tokens: merged.max_tokens,
+                num_ctx: merged.num_ctx,
+                format: format_of(&req.format),
+                logprobs: false,
             })
-            .collect();
-        let prompt = match chat_prompt(resolved, health, "", messages.clone(), &req.tools_json) {
-            Some(chat) => Prompt::Chat(chat),
-            // No template anywhere: the engine's documented fallback renders a plain transcript.
-            None => Prompt::Chat(ChatPrompt { messages, template: None, tools_json: None, add_generation_prompt: true }),
-        };
-        Ok(GenerateRequest {
-            id: request_id("chat"),
-            cache_salt: u64::from(uid),
-            prompt,
-            sampling: merged.sampling,
-            stop: merged.stop,
-            max_tokens: merged.max_tokens,
-            num_ctx: merged.num_ctx,
-            format: format_of(&req.format),
-            logprobs: false,
-        })
-    });
+        });
     let job = Job { who, model, keep_alive, build };
     spawn_stream(shared, job, guard, |out| match out {
         Out::Text(content) => pb::ChatResponse {
@@ -420,10 +469,12 @@ pub async fn embed(shared: &Shared, who: &PeerIdentity, req: pb::EmbedRequest) -
     let started = Instant::now();
     let resolved = shared.store.resolve(&req.model).await?;
     let loaded = shared.residency.acquire(&load_request(&resolved, req.keep_alive_seconds)).await?;
-    let _use = loaded.use_guard(req.keep_alive_seconds.unwrap_or_else(|| shared.residency.default_keep_alive()));
+    let _use =
+        loaded.use_guard(req.keep_alive_seconds.unwrap_or_else(|| shared.residency.default_keep_alive()));
     let _permit = loaded.queue.admit(who.uid, limits(shared, who.uid).await?).await?;
     let runner = loaded.runner();
-    let call = runner.client().embed(pb::RunnerEmbedRequest { inputs: req.input, truncate: req.truncate }).await;
+    let call =
+        runner.client().embed(pb::RunnerEmbedRequest { inputs: req.input, truncate: req.truncate }).await;
     let out = match call {
         Ok(response) => response.into_inner(),
         Err(s) => return Err(Error::Runner(runner_status(&loaded, &runner, s).await.message().to_string())),
@@ -493,7 +544,12 @@ mod tests {
         assert_eq!(merged.sampling.temperature, 0.2);
         assert_eq!(merged.stop, vec!["<end>", "\n\n"]);
         assert_eq!(merged.max_tokens, Some(48));
-        let options = pb::Options { temperature: Some(0.0), num_predict: Some(-1), seed: Some(3), ..Default::default() };
+        let options = pb::Options {
+            temperature: Some(0.0),
+            num_predict: Some(-1),
+            seed: Some(3),
+            ..Default::default()
+        };
         let merged = merge_options(&params, Some(&options)).unwrap();
         assert_eq!(merged.sampling.temperature, 0.0);
         assert_eq!(merged.max_tokens, None, "negative num_predict is unlimited");

@@ -52,6 +52,12 @@ pub fn init_runner() {
     let filter = EnvFilter::try_from_env("HYPERLLAMA_RUNNER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().without_time().with_ansi(false).with_target(false).with_writer(std::io::stderr))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .without_time()
+                .with_ansi(false)
+                .with_target(false)
+                .with_writer(std::io::stderr),
+        )
         .init();
 }

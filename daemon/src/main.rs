@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use clap::Parser;
 use hyperllamad::cli::{Cli, Internal};
-use hyperllamad::runner;
 use hyperllamad::config::{self, Config};
+use hyperllamad::runner;
 use hyperllamad::{daemon, logging};
 
 const EXIT_RUNTIME: u8 = 1;

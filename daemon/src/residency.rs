@@ -174,7 +174,8 @@ impl Residency {
     /// A manager starting runners with sockets under `runners_dir` (created 0700).
     pub fn new(config: RunnersConfig, runners_dir: PathBuf, global: Arc<GlobalQueue>) -> Result<Arc<Self>> {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::create_dir_all(&runners_dir).map_err(Error::io(format!("create {}", runners_dir.display())))?;
+        std::fs::create_dir_all(&runners_dir)
+            .map_err(Error::io(format!("create {}", runners_dir.display())))?;
         std::fs::set_permissions(&runners_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(Error::io(format!("set mode of {}", runners_dir.display())))?;
         Ok(Arc::new(Self {
@@ -203,7 +204,8 @@ impl Residency {
 
     /// Loaded models.
     pub fn list(&self) -> Vec<Arc<Loaded>> {
-        let mut models: Vec<_> = self.loaded.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let mut models: Vec<_> =
+            self.loaded.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
         models.sort_by(|a, b| a.name.cmp(&b.name));
         models
     }
@@ -237,7 +239,11 @@ impl Residency {
             request.kv_bytes_per_token
         } else {
             let path = request.model_path.clone();
-            tokio::task::spawn_blocking(move || kv_bytes_per_token(&path)).await.ok().flatten().unwrap_or(64 * 1024)
+            tokio::task::spawn_blocking(move || kv_bytes_per_token(&path))
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or(64 * 1024)
         };
         let kv = u64::from(spec.context_length) * u64::from(spec.parallel) * per_token;
         // Weights are mapped from the file; compute buffers and the runner itself add a margin.
@@ -265,12 +271,17 @@ impl Residency {
                 "engine `{engine}` is not available in this version; use llama.cpp"
             )));
         }
-        let socket = self.runners_dir.join(format!("runner-{}.sock", self.next_socket.fetch_add(1, Ordering::SeqCst)));
+        let socket =
+            self.runners_dir.join(format!("runner-{}.sock", self.next_socket.fetch_add(1, Ordering::SeqCst)));
         let spec = RunnerSpec {
             name: request.name.clone(),
             model_path: request.model_path.clone(),
             engine,
-            context_length: if request.context_length > 0 { request.context_length } else { config.context_length },
+            context_length: if request.context_length > 0 {
+                request.context_length
+            } else {
+                config.context_length
+            },
             parallel: config.parallel,
             threads: config.threads,
             // A GPU's runner runs on the cores of that GPU's NUMA node; CPU-only runners on the
@@ -307,7 +318,10 @@ impl Residency {
             restarting: AsyncMutex::new(()),
         });
         loaded.set_keep_alive(request.keep_alive.unwrap_or_else(|| self.default_keep_alive()));
-        self.loaded.lock().unwrap_or_else(|e| e.into_inner()).insert(request.digest.clone(), Arc::clone(&loaded));
+        self.loaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(request.digest.clone(), Arc::clone(&loaded));
         self.watch(Arc::clone(&loaded));
         Ok(loaded)
     }
@@ -367,7 +381,8 @@ impl Residency {
             return Ok(loaded);
         }
         let restarts = loaded.restarts.fetch_add(1, Ordering::SeqCst);
-        let backoff = Duration::from_millis(250u64.saturating_mul(1 << restarts.min(7))).min(Duration::from_secs(30));
+        let backoff =
+            Duration::from_millis(250u64.saturating_mul(1 << restarts.min(7))).min(Duration::from_secs(30));
         tokio::time::sleep(backoff).await;
         let runner = RunnerProcess::start(&loaded.spec, self.config().start_timeout).await?;
         tracing::info!(model = %loaded.name, pid = runner.pid, restarts = restarts + 1, "runner restarted");

@@ -106,6 +106,20 @@ pub fn compare<T: FloatElement>(got: &[T], want: &[T], tol: Tolerance) -> ErrorS
     s
 }
 
+/// Reports a skipped test: a `SKIPPED:` line on stderr, and the same line appended to the file
+/// named by `HYPERLLAMA_SKIP_LOG` so the test command can list every skip after libtest hid the
+/// output of passing tests.
+pub fn report_skip(message: &str) {
+    let line = format!("SKIPPED: {message}");
+    eprintln!("{line}");
+    if let Some(path) = std::env::var_os("HYPERLLAMA_SKIP_LOG") {
+        use std::io::Write as _;
+        if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            let _ = writeln!(file, "{line}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,19 +147,5 @@ mod tests {
         let bad = [F16::from_f32(1.1), F16::from_f32(f32::NAN)];
         let s = compare(&bad, &want, Tolerance::for_element::<F16>());
         assert_eq!((s.failures, s.first_failure), (2, Some(0)));
-    }
-}
-
-/// Reports a skipped test: a `SKIPPED:` line on stderr, and the same line appended to the file
-/// named by `HYPERLLAMA_SKIP_LOG` so the test command can list every skip after libtest hid the
-/// output of passing tests.
-pub fn report_skip(message: &str) {
-    let line = format!("SKIPPED: {message}");
-    eprintln!("{line}");
-    if let Some(path) = std::env::var_os("HYPERLLAMA_SKIP_LOG") {
-        use std::io::Write as _;
-        if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
-            let _ = writeln!(file, "{line}");
-        }
     }
 }

@@ -156,7 +156,9 @@ fn nvrtc_compiles_every_family_for_common_architectures() {
 #[test]
 fn without_a_driver_entry_points_say_so() {
     if driver_present() {
-        hyperllama_kernels::check::report_skip("a CUDA driver is present (this test covers machines without one)");
+        hyperllama_kernels::check::report_skip(
+            "a CUDA driver is present (this test covers machines without one)",
+        );
         return;
     }
     let err = gpus().unwrap_err();

@@ -21,12 +21,16 @@ const EPS: f32 = 1e-6;
 /// Opens GPU 0 with a fresh cache directory, or explains on stderr why the test is skipped.
 fn gpu_or_skip(test: &str) -> Option<(Gpu, tempfile::TempDir)> {
     if !driver_present() {
-        hyperllama_kernels::check::report_skip(&format!("no CUDA driver found (kernel {test} test needs a GPU)"));
+        hyperllama_kernels::check::report_skip(&format!(
+            "no CUDA driver found (kernel {test} test needs a GPU)"
+        ));
         return None;
     }
     match gpus() {
         Ok(list) if list.is_empty() => {
-            hyperllama_kernels::check::report_skip(&format!("the CUDA driver reports no GPU (kernel {test} test needs one)"));
+            hyperllama_kernels::check::report_skip(&format!(
+                "the CUDA driver reports no GPU (kernel {test} test needs one)"
+            ));
             None
         }
         Ok(_) => {

@@ -178,7 +178,11 @@ mod tests {
             id: "r1".into(),
             cache_salt: 42,
             prompt: Prompt::Chat(ChatPrompt {
-                messages: vec![ChatMessage { role: "user".into(), content: "hi".into(), tool_calls_json: None }],
+                messages: vec![ChatMessage {
+                    role: "user".into(),
+                    content: "hi".into(),
+                    tool_calls_json: None,
+                }],
                 template: Some("{{ x }}".into()),
                 tools_json: None,
                 add_generation_prompt: true,

@@ -113,7 +113,9 @@ impl RunnerProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let mut child = command.spawn().map_err(|e| Error::Runner(format!("cannot start a runner for {}: {e}", spec.name)))?;
+        let mut child = command
+            .spawn()
+            .map_err(|e| Error::Runner(format!("cannot start a runner for {}: {e}", spec.name)))?;
         let pid = child.id().unwrap_or(0);
         let last_output = Arc::new(Mutex::new(VecDeque::with_capacity(KEPT_LINES)));
         forward_output(&mut child, &spec.name, pid, &last_output);
@@ -125,7 +127,8 @@ impl RunnerProcess {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(info) = exit.borrow().clone() {
-                let output = last_output.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect::<Vec<_>>();
+                let output =
+                    last_output.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect::<Vec<_>>();
                 return Err(Error::Runner(format!(
                     "model runner for {} {} while loading: {}",
                     spec.name,
@@ -189,7 +192,10 @@ impl RunnerProcess {
         terminate(self.pid);
         if tokio::time::timeout(grace, self.wait_exit()).await.is_err() {
             if let Ok(pid) = i32::try_from(self.pid) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
             self.wait_exit().await;
         }
@@ -232,10 +238,18 @@ fn forward_output(child: &mut Child, name: &str, pid: u32, last: &Arc<Mutex<VecD
                 // The runner logs "LEVEL message" lines; keep their level in the daemon's log.
                 let (level, message) = split_level(&line);
                 match level {
-                    tracing::Level::ERROR => tracing::error!(target: "hyperllamad::runner", model = %name, pid, "{message}"),
-                    tracing::Level::WARN => tracing::warn!(target: "hyperllamad::runner", model = %name, pid, "{message}"),
-                    tracing::Level::INFO => tracing::info!(target: "hyperllamad::runner", model = %name, pid, "{message}"),
-                    tracing::Level::DEBUG => tracing::debug!(target: "hyperllamad::runner", model = %name, pid, "{message}"),
+                    tracing::Level::ERROR => {
+                        tracing::error!(target: "hyperllamad::runner", model = %name, pid, "{message}")
+                    }
+                    tracing::Level::WARN => {
+                        tracing::warn!(target: "hyperllamad::runner", model = %name, pid, "{message}")
+                    }
+                    tracing::Level::INFO => {
+                        tracing::info!(target: "hyperllamad::runner", model = %name, pid, "{message}")
+                    }
+                    tracing::Level::DEBUG => {
+                        tracing::debug!(target: "hyperllamad::runner", model = %name, pid, "{message}")
+                    }
                     _ => tracing::trace!(target: "hyperllamad::runner", model = %name, pid, "{message}"),
                 }
                 let mut kept = last.lock().unwrap_or_else(|e| e.into_inner());
@@ -256,6 +270,9 @@ mod tests {
     fn runner_log_levels_are_kept() {
         assert_eq!(split_level("  WARN kv cache is small"), (tracing::Level::WARN, "kv cache is small"));
         assert_eq!(split_level("DEBUG advise"), (tracing::Level::DEBUG, "advise"));
-        assert_eq!(split_level("llama_model_loader: loaded"), (tracing::Level::INFO, "llama_model_loader: loaded"));
+        assert_eq!(
+            split_level("llama_model_loader: loaded"),
+            (tracing::Level::INFO, "llama_model_loader: loaded")
+        );
     }
 }

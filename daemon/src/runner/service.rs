@@ -85,7 +85,10 @@ fn engine_status(error: EngineError) -> Status {
 
 #[tonic::async_trait]
 impl Runner for RunnerService {
-    async fn health(&self, _: Request<pb::RunnerHealthRequest>) -> Result<Response<pb::RunnerHealth>, Status> {
+    async fn health(
+        &self,
+        _: Request<pb::RunnerHealthRequest>,
+    ) -> Result<Response<pb::RunnerHealth>, Status> {
         let info = self.engine.info();
         Ok(Response::new(pb::RunnerHealth {
             ready: true,
@@ -105,7 +108,8 @@ impl Runner for RunnerService {
         &self,
         request: Request<pb::RunnerGenerateRequest>,
     ) -> Result<Response<Self::GenerateStream>, Status> {
-        let mut events = self.engine.generate(convert::request_from_wire(request.into_inner())).map_err(engine_status)?;
+        let mut events =
+            self.engine.generate(convert::request_from_wire(request.into_inner())).map_err(engine_status)?;
         // When the daemon cancels the call, tonic drops this stream, which drops `events`: the
         // engine sees the closed channel and stops the sequence at its next step.
         self.active.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -121,9 +125,16 @@ impl Runner for RunnerService {
         Ok(Response::new(stream))
     }
 
-    async fn embed(&self, request: Request<pb::RunnerEmbedRequest>) -> Result<Response<pb::RunnerEmbedResponse>, Status> {
+    async fn embed(
+        &self,
+        request: Request<pb::RunnerEmbedRequest>,
+    ) -> Result<Response<pb::RunnerEmbedResponse>, Status> {
         let r = request.into_inner();
-        let out = self.engine.embed(EmbedRequest { inputs: r.inputs, truncate: r.truncate }).await.map_err(engine_status)?;
+        let out = self
+            .engine
+            .embed(EmbedRequest { inputs: r.inputs, truncate: r.truncate })
+            .await
+            .map_err(engine_status)?;
         Ok(Response::new(pb::RunnerEmbedResponse {
             embeddings: out.embeddings.into_iter().map(|values| pb::RunnerEmbedding { values }).collect(),
             prompt_tokens: out.prompt_tokens,
@@ -211,8 +222,10 @@ pub async fn run(
     };
     tracing::info!(model = %args.name, seconds = started.elapsed().as_secs_f32(), "model loaded");
     let _ = std::fs::remove_file(&args.socket);
-    let listener = UnixListener::bind(&args.socket).map_err(|e| format!("bind {}: {e}", args.socket.display()))?;
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let listener =
+        UnixListener::bind(&args.socket).map_err(|e| format!("bind {}: {e}", args.socket.display()))?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| e.to_string())?;
     tonic::transport::Server::builder()
         .serve_with_incoming_shutdown(
             RunnerServer::new(RunnerService::new(engine)),
