@@ -29,6 +29,7 @@ llama_server="$(find_llama_server)"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
+trap "exit 130" INT TERM
 
 wait_http() { for _ in $(seq 600); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.2; done; die "$1 did not come up"; }
 
