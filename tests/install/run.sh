@@ -389,7 +389,7 @@ t_model_import() {
 	# Bind-mounted read-only at boot when it was already on disk; copied in otherwise.
 	[ -f "$CT_ROOT/srv/hyperllama-test/model.gguf" ] || cp "$model" "$CT_ROOT/srv/hyperllama-test/model.gguf"
 	# Bounded answers keep the prompt and the drain step short on CPU.
-	printf 'FROM ./model.gguf\nPARAMETER num_predict 40\n' >"$CT_ROOT/srv/hyperllama-test/Modelfile"
+	printf 'FROM ./model.gguf\nPARAMETER num_predict 16\n' >"$CT_ROOT/srv/hyperllama-test/Modelfile"
 	chmod 0644 "$CT_ROOT/srv/hyperllama-test/Modelfile"
 	ct runuser -u bob -- test -r /srv/hyperllama-test/model.gguf || nok "bob can't read the model file"
 	out=$(hctl bob create installtest -f /srv/hyperllama-test/Modelfile 2>&1) || rc=$?
