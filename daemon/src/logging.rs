@@ -49,7 +49,8 @@ pub fn init(format: LogFormat, filter: &str) -> LogFormat {
 /// Logging for a runner process: plain lines on stderr, which the daemon forwards to its own log
 /// (timestamps and the model name are added there).
 pub fn init_runner() {
-    let filter = EnvFilter::try_from_env("HYPERLLAMA_RUNNER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("HYPERLLAMA_RUNNER_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,llama_cpp_2=warn"));
     tracing_subscriber::registry()
         .with(filter)
         .with(

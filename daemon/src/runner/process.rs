@@ -90,6 +90,7 @@ impl RunnerProcess {
     /// Starts a runner and waits until it answers, at most `timeout`.
     pub async fn start(spec: &RunnerSpec, timeout: Duration) -> Result<RunnerProcess> {
         let _ = std::fs::remove_file(&spec.socket);
+        let huge_pages = crate::engine::llamacpp::hugepages::runner_env();
         let mut command = Command::new("/proc/self/exe");
         command
             .arg("runner")
@@ -102,6 +103,9 @@ impl RunnerProcess {
             .args(["--parallel", &spec.parallel.to_string(), "--threads", &spec.threads.to_string()])
             .env("CUDA_VISIBLE_DEVICES", spec.gpus.iter().map(u32::to_string).collect::<Vec<_>>().join(","))
             .env("HYPERLLAMA_LOG_FORMAT", "text")
+            // malloc backs the runner's heap (and so llama.cpp's KV buffers) with huge pages:
+            // reserved pages when the host has a pool, transparent huge pages otherwise.
+            .env(huge_pages.0, huge_pages.1)
             // The daemon's conversation with systemd is its own.
             .env_remove("NOTIFY_SOCKET")
             .env_remove("WATCHDOG_USEC")
