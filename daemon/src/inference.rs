@@ -293,6 +293,21 @@ fn spawn_stream<T: Send + 'static>(
     Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
+/// The engine request for a prompt, with the caller's cache salt and the merged options.
+fn engine_request(kind: &str, uid: u32, prompt: Prompt, merged: Merged, format: &str) -> GenerateRequest {
+    GenerateRequest {
+        id: request_id(kind),
+        cache_salt: u64::from(uid),
+        prompt,
+        sampling: merged.sampling,
+        stop: merged.stop,
+        max_tokens: merged.max_tokens,
+        num_ctx: merged.num_ctx,
+        format: format_of(format),
+        logprobs: false,
+    }
+}
+
 /// The system prompt and template a request ends up with.
 fn chat_prompt(
     resolved: &ResolvedModel,
@@ -378,17 +393,7 @@ pub fn generate(
                     None => Prompt::Text(format!("{system}\n\n{}", req.prompt)),
                 }
             };
-            Ok(GenerateRequest {
-                id: request_id("gen"),
-                cache_salt: u64::from(uid),
-                prompt,
-                sampling: merged.sampling,
-                stop: merged.stop,
-                max_tokens: merged.max_tokens,
-                num_ctx: merged.num_ctx,
-                format: format_of(&req.format),
-                logprobs: false,
-            })
+            Ok(engine_request("gen", uid, prompt, merged, &req.format))
         });
     let job = Job { who, model, keep_alive, build };
     spawn_stream(shared, job, guard, |out| match out {
@@ -437,17 +442,7 @@ pub fn chat(
                     add_generation_prompt: true,
                 }),
             };
-            Ok(GenerateRequest {
-                id: request_id("chat"),
-                cache_salt: u64::from(uid),
-                prompt,
-                sampling: merged.sampling,
-                stop: merged.stop,
-                max_tokens: merged.max_tokens,
-                num_ctx: merged.num_ctx,
-                format: format_of(&req.format),
-                logprobs: false,
-            })
+            Ok(engine_request("chat", uid, prompt, merged, &req.format))
         });
     let job = Job { who, model, keep_alive, build };
     spawn_stream(shared, job, guard, |out| match out {
