@@ -503,8 +503,8 @@ fn merge(base: &mut toml::Table, overlay: toml::Table) {
     }
 }
 
-/// Durations as human text ("30s", "5m") in TOML.
-mod duration_text {
+/// Durations as human text ("30s", "5m") in TOML (shared by every config section).
+pub(crate) mod duration_text {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};

@@ -37,10 +37,10 @@ pub struct StoreConfig {
     /// Blobs larger than this are fetched as ranged parts in parallel.
     pub download_part_size: ByteSize,
     /// A download that receives nothing for this long fails (and resumes at the next pull).
-    #[serde(with = "duration_text")]
+    #[serde(with = "crate::config::duration_text")]
     pub stall_timeout: Duration,
     /// Limit on connecting to a registry.
-    #[serde(with = "duration_text")]
+    #[serde(with = "crate::config::duration_text")]
     pub connect_timeout: Duration,
     /// Retries of a failed part (connection reset, 5xx) before the pull fails.
     pub retries: u32,
@@ -152,24 +152,6 @@ impl<'de> Deserialize<'de> for ByteSize {
         let text = String::deserialize(d)?;
         ByteSize::parse(&text).ok_or_else(|| {
             serde::de::Error::custom(format!("`{text}` is not a size like \"500GB\", \"100MiB\" or \"0\""))
-        })
-    }
-}
-
-/// Durations as human text ("30s") in TOML.
-mod duration_text {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*value).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!("`{text}` is not a duration like \"30s\" or \"5m\": {e}"))
         })
     }
 }
