@@ -40,7 +40,7 @@ pub enum Command {
     },
     /// Pull a model from a registry.
     Pull(PullArgs),
-    /// Push a model to a registry.
+    /// Push a model to a registry (not supported: the store is local to this machine).
     Push(PullArgs),
     /// List models in the store.
     #[command(alias = "ls")]
