@@ -27,6 +27,13 @@ pub enum CoreError {
 /// What happened to one sequence in a step.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SeqEvent {
+    /// The prompt is done (sent just before the first `Token`).
+    PromptDone {
+        /// Which sequence.
+        seq: SeqId,
+        /// Prompt tokens reused from the prefix cache at admission.
+        cached_tokens: usize,
+    },
     /// A token was generated. `first` marks the first one (the prompt is done).
     Token {
         /// Which sequence.
@@ -37,6 +44,8 @@ pub enum SeqEvent {
         logprob: Option<f32>,
         /// The first generated token.
         first: bool,
+        /// A stop token (end of generation): not text, not counted as generated.
+        stop: bool,
     },
     /// The sequence ended and was freed.
     Finished {
@@ -284,9 +293,13 @@ impl EngineCore {
         seq.tokens.push(token);
         seq.sampler.accept(token);
         let first = seq.num_generated() == 1;
-        events.push(SeqEvent::Token { seq: id, token, logprob, first });
+        if first {
+            events.push(SeqEvent::PromptDone { seq: id, cached_tokens: seq.cached_tokens.unwrap_or(0) });
+        }
+        let stop = seq.stop_tokens.contains(&token);
+        events.push(SeqEvent::Token { seq: id, token, logprob, first, stop });
         let generated = seq.num_generated();
-        let reason = if seq.stop_tokens.contains(&token) {
+        let reason = if stop {
             Some((super::sequence::FinishReason::Stop, generated - 1))
         } else if seq.max_new_tokens.is_some_and(|m| generated >= m) || seq.tokens.len() >= seq.max_len {
             Some((super::sequence::FinishReason::Length, generated))

@@ -93,6 +93,8 @@ pub struct SchedulerCounters {
     pub swapped_in: u64,
     /// Prompt tokens reused from the prefix cache at admission.
     pub cached_tokens: u64,
+    /// Copy-on-write block copies.
+    pub cow_copies: u64,
 }
 
 /// The scheduler: sequences, queues and the KV blocks they hold.
@@ -345,6 +347,7 @@ impl Scheduler {
             return false;
         }
         if first_write < seq.block_table.len() {
+            self.counters.cow_copies += u64::from(cow);
             let ok = self.pool.make_writable(&mut seq.block_table, first_write, copies);
             debug_assert!(ok, "counted");
             if seq.num_registered > first_write {
@@ -484,3 +487,6 @@ impl Scheduler {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;
