@@ -43,6 +43,9 @@ pub struct RunnerArgs {
     /// Model name, for logs.
     #[arg(long, default_value = "")]
     pub name: String,
+    /// Settings of served engines (vllm, max).
+    #[command(flatten)]
+    pub served: crate::engine::served::ServedArgs,
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::RunnerEvent, Status>> + Send>>;
@@ -90,6 +93,7 @@ impl Runner for RunnerService {
         _: Request<pb::RunnerHealthRequest>,
     ) -> Result<Response<pb::RunnerHealth>, Status> {
         let info = self.engine.info();
+        let server = self.engine.server().unwrap_or_default();
         Ok(Response::new(pb::RunnerHealth {
             ready: true,
             engine: info.engine,
@@ -100,6 +104,8 @@ impl Runner for RunnerService {
             chat_template: info.chat_template.unwrap_or_default(),
             active_sequences: self.active.load(std::sync::atomic::Ordering::SeqCst),
             pid: std::process::id(),
+            engine_pgid: server.pgid,
+            metrics_url: server.metrics_url,
         }))
     }
 
@@ -196,6 +202,18 @@ fn pin_cpus(cpus: &[usize]) -> Result<usize, String> {
     Ok((0..CpuSet::count()).filter(|c| set.is_set(*c).unwrap_or(false)).count())
 }
 
+/// Makes a panic on any thread end the runner. A runner whose engine thread died would keep
+/// answering "the engine stopped" forever; exiting instead lets the daemon's supervisor report the
+/// crash to in-flight requests and start a fresh runner.
+fn abort_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        tracing::error!("runner panicked: {info}; exiting so the daemon restarts it");
+        std::process::abort();
+    }));
+}
+
 /// Runs the runner process to completion.
 pub async fn run(
     args: RunnerArgs,
@@ -206,6 +224,7 @@ pub async fn run(
     }
     // Started as /proc/self/exe, it would show as "exe" in ps and the journal.
     let _ = nix::sys::prctl::set_name(c"hl-runner");
+    abort_on_panic();
     // Die with the daemon, whatever killed it.
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(|e| e.to_string())?;
     let cpus = parse_cpu_list(&args.cpus)?;
@@ -243,6 +262,29 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Re-runs this test binary as a child that installs the hook and panics on another thread:
+    /// the child must die by SIGABRT at once instead of living on with a dead thread.
+    #[test]
+    fn a_panic_on_any_thread_ends_the_runner() {
+        if std::env::var_os("HL_TEST_PANIC_CHILD").is_some() {
+            abort_on_panic();
+            let _ = std::thread::spawn(|| panic!("engine thread fault")).join();
+            std::thread::sleep(std::time::Duration::from_secs(10));
+            return;
+        }
+        let started = std::time::Instant::now();
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "runner::service::tests::a_panic_on_any_thread_ends_the_runner", "--nocapture"])
+            .env("HL_TEST_PANIC_CHILD", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGABRT), "child status {status:?}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(8));
+    }
 
     #[test]
     fn cpu_lists() {
