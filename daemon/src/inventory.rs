@@ -88,13 +88,13 @@ pub fn engines(gpu_probe_error: &str, gpu_count: usize) -> Vec<pb::EngineInfo> {
         },
         pb::EngineInfo {
             name: "native".into(),
-            available: false,
+            available: gpu_probe_error.is_empty() && gpu_count > 0,
             detail: if !gpu_probe_error.is_empty() {
-                gpu_probe_error.to_string()
+                format!("unavailable: {gpu_probe_error}")
             } else if gpu_count == 0 {
-                "no GPU found".into()
+                "unavailable: no GPU found".into()
             } else {
-                format!("{gpu_count} GPU(s) found; the native CUDA engine is not in this version yet")
+                format!("{gpu_count} GPU(s); CUDA kernels compiled by NVRTC at load (GGUF Llama/Qwen)")
             },
         },
         supervised("vllm", "vllm", "vllm"),
@@ -129,7 +129,12 @@ mod tests {
         let engines = engines("no CUDA driver found", 0);
         let native = engines.iter().find(|e| e.name == "native").unwrap();
         assert!(!native.available);
-        assert_eq!(native.detail, "no CUDA driver found");
+        assert_eq!(native.detail, "unavailable: no CUDA driver found");
+        let no_gpu = super::engines("", 0);
+        let native = no_gpu.iter().find(|e| e.name == "native").unwrap();
+        assert!(!native.available && native.detail.contains("no GPU"));
+        let two_gpus = super::engines("", 2);
+        assert!(two_gpus.iter().any(|e| e.name == "native" && e.available));
         assert!(engines.iter().any(|e| e.name == "llama.cpp" && e.available));
     }
 }

@@ -4,6 +4,7 @@
 //! llama.cpp, CUDA or vLLM directly.
 
 pub mod llamacpp;
+pub mod native;
 pub mod sampling;
 pub mod stop;
 pub mod template;

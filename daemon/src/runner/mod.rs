@@ -21,6 +21,13 @@ pub fn load_engine(args: &service::RunnerArgs, threads: u32) -> Result<Arc<dyn E
             config.n_threads = threads;
             Ok(Arc::new(LlamaCppEngine::load(config)?))
         }
+        "native" => {
+            use crate::engine::native::{NativeConfig, NativeEngine};
+            let mut config = NativeConfig::new(&args.model);
+            config.context_length = args.context_length;
+            config.parallel = args.parallel.max(1);
+            Ok(Arc::new(NativeEngine::load(config)?))
+        }
         other => Err(EngineError::Load(format!("engine `{other}` is not available in this version"))),
     }
 }
