@@ -6,6 +6,8 @@
 pub enum KernelFamily {
     /// `cu/norm.cu`: `rmsnorm_residual_{f32,f16,bf16}`.
     Norm,
+    /// `cu/llama.cu`: embedding, dequantising GEMV, RoPE, SwiGLU, paged KV and attention, argmax.
+    Llama,
 }
 
 /// Headers every family can `#include "<name>"`; NVRTC receives them in memory.
@@ -13,12 +15,13 @@ pub(crate) const HEADERS: &[(&str, &str)] = &[("hl_common.cuh", include_str!("cu
 
 impl KernelFamily {
     /// Every family, e.g. to warm the cache at install time.
-    pub const ALL: &'static [KernelFamily] = &[KernelFamily::Norm];
+    pub const ALL: &'static [KernelFamily] = &[KernelFamily::Norm, KernelFamily::Llama];
 
     /// Short name, used in cache file names and NVRTC program names.
     pub fn name(self) -> &'static str {
         match self {
             KernelFamily::Norm => "norm",
+            KernelFamily::Llama => "llama",
         }
     }
 
@@ -26,6 +29,7 @@ impl KernelFamily {
     pub fn source(self) -> &'static str {
         match self {
             KernelFamily::Norm => include_str!("cu/norm.cu"),
+            KernelFamily::Llama => include_str!("cu/llama.cu"),
         }
     }
 }

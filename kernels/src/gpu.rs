@@ -48,6 +48,19 @@ impl Gpu {
     /// Opens device `index` (its primary context and a new stream). Kernels are compiled
     /// lazily, on the first launch of each family, or eagerly with [`Gpu::load_all`].
     pub fn open(index: u32, cache: ModuleCache) -> Result<Gpu, KernelError> {
+        Self::open_with(index, cache, true)
+    }
+
+    /// Like [`Gpu::open`], but buffers allocated afterwards in this device's context skip
+    /// cudarc's per-launch event tracking (one `cuEventRecord` per buffer argument per launch,
+    /// which costs more than a decode-step kernel). Sound as long as every buffer is used on
+    /// this `Gpu`'s one stream only, which is how the native engine works; other `Gpu`s on the
+    /// same device in the same process must not share its buffers.
+    pub fn open_single_stream(index: u32, cache: ModuleCache) -> Result<Gpu, KernelError> {
+        Self::open_with(index, cache, false)
+    }
+
+    fn open_with(index: u32, cache: ModuleCache, track_events: bool) -> Result<Gpu, KernelError> {
         let count = device_count()?;
         if index >= count {
             return Err(KernelError::NoSuchDevice { index, count });
@@ -56,6 +69,12 @@ impl Gpu {
         let ctx = CudaContext::new(ordinal).map_err(KernelError::driver("cuDevicePrimaryCtxRetain"))?;
         let name = ctx.name().map_err(KernelError::driver("cuDeviceGetName"))?;
         let capability = device::compute_capability(ctx.cu_device())?;
+        if !track_events {
+            // SAFETY: the caller promises (see `open_single_stream`) that buffers created from
+            // now on are only used on this Gpu's stream, so no cross-stream synchronisation is
+            // lost by not recording events.
+            unsafe { ctx.disable_event_tracking() };
+        }
         let stream = ctx.new_stream().map_err(KernelError::driver("cuStreamCreate"))?;
         Ok(Gpu {
             index,

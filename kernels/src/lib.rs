@@ -26,8 +26,12 @@ mod dtype;
 mod error;
 mod family;
 mod gpu;
+mod graph;
+mod llama_ops;
 mod nvrtc;
+pub mod reference;
 mod rmsnorm;
+mod weights;
 
 pub use cache::{
     CacheKeyInputs, CompiledImage, KERNEL_CACHE_ENV, ModuleCache, Target, cache_key, default_cache_dir,
@@ -38,11 +42,16 @@ pub use dtype::{Bf16, F16, FloatElement};
 pub use error::KernelError;
 pub use family::KernelFamily;
 pub use gpu::Gpu;
+pub use graph::StepGraph;
+pub use llama_ops::{
+    AttentionScratch, DECODE_ROWS_PER_WARP, DeviceWeight, GEMV_MAX_TOKENS, KvWrite, PagedAttention, Rope,
+};
 pub use nvrtc::{ImageKind, NVRTC_PATH_ENV, nvrtc_info};
 pub use rmsnorm::{
     RmsNormResidual, RmsNormResidualHost, rmsnorm_block_size, rmsnorm_residual_bytes,
     rmsnorm_residual_reference,
 };
+pub use weights::{WeightType, dequantize_row, random_weights};
 
 /// Re-exported so callers can name buffer types without depending on cudarc themselves.
 pub use cudarc::driver::CudaSlice;

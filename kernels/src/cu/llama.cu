@@ -1,0 +1,612 @@
+// Transformer decoder kernels (Llama family). Activations are f32; weights stay in their GGUF
+// encoding (f32, f16, bf16, q8_0, q4_K, q6_K blocks, byte for byte as in the file) and are
+// dequantised in registers; the KV cache is f16 in fixed-size blocks (paged).
+//
+// Entry points:
+//   embed_<w>            rows of a weight matrix (token ids) -> f32
+//   gemv_<w>_n<NT>       y[t][r] = sum_c W[r][c] * x[t][c] for NT <= 8 tokens at once
+//   gemv_<w>_r<R>        the same for one token, R rows per warp (decode)
+//   rope_f32             rotary embedding in place on q and k (normal or NeoX pairs, optional
+//                        per-frequency factors = Llama 3 scaling from `rope_freqs.weight`)
+//   swiglu_f32           out = silu(gate) * up (swiglu_inplace_f32: into gate)
+//   kv_write_f16         k, v rows -> their slots in the paged cache
+//   paged_attention_d<D> split-KV attention of each query over its sequence's cache blocks
+//   attention_reduce_d<D> combines the splits
+//   argmax_f32           index of the largest value of each row
+//
+// Weight chunks: every format is read in chunks of 32 consecutive values of one row (a q8_0
+// block, one q4_K/q6_K sub-block, 32 floats), dequantised by `Chunk<W>::load`.
+#include "hl_common.cuh"
+
+typedef unsigned char u8;
+typedef signed char i8;
+
+#define NEG_INF __int_as_float(0xff800000)
+
+__device__ __forceinline__ float f16f(unsigned short h) { return ElemF16::to_f32(h); }
+__device__ __forceinline__ unsigned short ld16(const u8* p) {
+    return *reinterpret_cast<const unsigned short*>(p);
+}
+
+// Exact small-integer to float without the quarter-rate I2F: OR the integer into the
+// mantissa of 2^23 and subtract 2^23 (+ the format's offset) with one full-rate FADD.
+#define MAGIC_F(u) __int_as_float(0x4B000000u | (unsigned int)(u))
+
+// ---- weight formats --------------------------------------------------------------------
+
+struct WF32 {
+    static constexpr int BLOCK = 32;   // values per "block" used for row size
+    static constexpr int BYTES = 128;  // bytes per block
+    static __device__ __forceinline__ void load(const u8* row, int c, float* v) {
+        const float4* p = reinterpret_cast<const float4*>(row + (size_t)c * 128);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            float4 f = p[i];
+            v[4 * i] = f.x; v[4 * i + 1] = f.y; v[4 * i + 2] = f.z; v[4 * i + 3] = f.w;
+        }
+    }
+    static __device__ __forceinline__ float dot(const u8* row, int c, const float* xv, float) {
+        float v[32];
+        load(row, c, v);
+        float s = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 32; ++k) s = fmaf(v[k], xv[k], s);
+        return s;
+    }
+};
+
+struct WF16 {
+    static constexpr int BLOCK = 32;
+    static constexpr int BYTES = 64;
+    static __device__ __forceinline__ void load(const u8* row, int c, float* v) {
+        const uint4* p = reinterpret_cast<const uint4*>(row + (size_t)c * 64);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            uint4 u = p[i];
+            unsigned int w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                v[8 * i + 2 * j] = f16f((unsigned short)(w[j] & 0xffffu));
+                v[8 * i + 2 * j + 1] = f16f((unsigned short)(w[j] >> 16));
+            }
+        }
+    }
+    static __device__ __forceinline__ float dot(const u8* row, int c, const float* xv, float) {
+        float v[32];
+        load(row, c, v);
+        float s = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 32; ++k) s = fmaf(v[k], xv[k], s);
+        return s;
+    }
+};
+
+struct WBF16 {
+    static constexpr int BLOCK = 32;
+    static constexpr int BYTES = 64;
+    static __device__ __forceinline__ void load(const u8* row, int c, float* v) {
+        const uint4* p = reinterpret_cast<const uint4*>(row + (size_t)c * 64);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            uint4 u = p[i];
+            unsigned int w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                v[8 * i + 2 * j] = __uint_as_float(w[j] << 16);
+                v[8 * i + 2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
+            }
+        }
+    }
+    static __device__ __forceinline__ float dot(const u8* row, int c, const float* xv, float) {
+        float v[32];
+        load(row, c, v);
+        float s = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 32; ++k) s = fmaf(v[k], xv[k], s);
+        return s;
+    }
+};
+
+// q8_0: 34-byte blocks {f16 d; i8 qs[32]}, value = d * q. Blocks are only 2-byte aligned.
+struct WQ8_0 {
+    static constexpr int BLOCK = 32;
+    static constexpr int BYTES = 34;
+    static __device__ __forceinline__ void load(const u8* row, int c, float* v) {
+        const u8* b = row + (size_t)c * 34;
+        const float d = f16f(ld16(b));
+#pragma unroll
+        for (int i = 0; i < 16; ++i) {
+            const unsigned short q = ld16(b + 2 + 2 * i);
+            v[2 * i] = d * (float)(i8)(q & 0xff);
+            v[2 * i + 1] = d * (float)(i8)(q >> 8);
+        }
+    }
+    static __device__ __forceinline__ float dot(const u8* row, int c, const float* xv, float) {
+        const u8* b = row + (size_t)c * 34;
+        const float d = f16f(ld16(b));
+        float s = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 16; ++i) {
+            const unsigned int q = ld16(b + 2 + 2 * i) ^ 0x8080u;  // int8 + 128, per byte
+            s = fmaf(MAGIC_F(q & 0xffu) - 8388736.0f, xv[2 * i], s);
+            s = fmaf(MAGIC_F(q >> 8) - 8388736.0f, xv[2 * i + 1], s);
+        }
+        return d * s;
+    }
+};
+
+// q4_K: 144-byte super-blocks of 256 {f16 d; f16 dmin; u8 scales[12]; u8 qs[128]}; eight
+// sub-blocks of 32 with 6-bit scale and min; value = d*sc*q - dmin*m.
+__device__ __forceinline__ void q4k_scale_min(int j, const u8* q, int* sc, int* m) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+struct WQ4_K {
+    static constexpr int BLOCK = 256;
+    static constexpr int BYTES = 144;
+    static __device__ __forceinline__ void load(const u8* row, int c, float* v) {
+        const u8* b = row + (size_t)(c >> 3) * 144;
+        const int s = c & 7;
+        const unsigned int dd = *reinterpret_cast<const unsigned int*>(b);
+        const float d = f16f((unsigned short)(dd & 0xffffu));
+        const float dmin = f16f((unsigned short)(dd >> 16));
+        int sc, m;
+        q4k_scale_min(s, b + 4, &sc, &m);
+        const float d1 = d * (float)sc;
+        const float m1 = dmin * (float)m;
+        const uint4* qs = reinterpret_cast<const uint4*>(b + 16 + 32 * (s >> 1));
+        const int shift = (s & 1) * 4;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            uint4 u = qs[h];
+            unsigned int w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+#pragma unroll
+                for (int k = 0; k < 4; ++k) {
+                    const int q = (w[j] >> (8 * k + shift)) & 0xF;
+                    v[16 * h + 4 * j + k] = d1 * (float)q - m1;
+                }
+            }
+        }
+    }
+    // d1 * sum(q x) - m1 * sum(x): the min term needs the chunk's x sum only.
+    static __device__ __forceinline__ float dot(const u8* row, int c, const float* xv, float xs) {
+        const u8* b = row + (size_t)(c >> 3) * 144;
+        const int s = c & 7;
+        const unsigned int dd = *reinterpret_cast<const unsigned int*>(b);
+        int sc, m;
+        q4k_scale_min(s, b + 4, &sc, &m);
+        const uint4* qs = reinterpret_cast<const uint4*>(b + 16 + 32 * (s >> 1));
+        const int shift = (s & 1) * 4;
+        float acc = 0.0f;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const uint4 u = qs[h];
+            const unsigned int w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const unsigned int n = (w[j] >> shift) & 0x0F0F0F0Fu;
+#pragma unroll
+                for (int k = 0; k < 4; ++k) {
+                    acc = fmaf(MAGIC_F((n >> (8 * k)) & 0xFu) - 8388608.0f, xv[16 * h + 4 * j + k], acc);
+                }
+            }
+        }
+        const float d = f16f((unsigned short)(dd & 0xffffu));
+        const float dmin = f16f((unsigned short)(dd >> 16));
+        return d * (float)sc * acc - dmin * (float)m * xs;
+    }
+};
+
+// q6_K: 210-byte super-blocks of 256 {u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d};
+// value = d * scales[is] * (q6 - 32). Only 2-byte aligned.
+struct WQ6_K {
+    static constexpr int BLOCK = 256;
+    static constexpr int BYTES = 210;
+    static __device__ __forceinline__ void load(const u8* row, int c, float* v) {
+        const u8* b = row + (size_t)(c >> 3) * 210;
+        const int s = c & 7;
+        const int n = s >> 2;  // which 128-value half
+        const int k = s & 3;   // which of the four 32-value groups of the half
+        const u8* ql = b + 64 * n + ((k & 1) ? 32 : 0);
+        const u8* qh = b + 128 + 32 * n;
+        const i8* scales = reinterpret_cast<const i8*>(b + 192) + 8 * n + 2 * k;
+        const float d = f16f(ld16(b + 208));
+        const float d0 = d * (float)scales[0];
+        const float d1 = d * (float)scales[1];
+        const int lshift = (k >> 1) * 4;
+        const int hshift = 2 * k;
+#pragma unroll
+        for (int i = 0; i < 16; ++i) {
+            const unsigned short l2 = ld16(ql + 2 * i);
+            const unsigned short h2 = ld16(qh + 2 * i);
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int l = 2 * i + e;
+                const int lo = ((e ? (l2 >> 8) : (l2 & 0xff)) >> lshift) & 0xF;
+                const int hi = ((e ? (h2 >> 8) : (h2 & 0xff)) >> hshift) & 3;
+                const int q = (lo | (hi << 4)) - 32;
+                v[l] = (l < 16 ? d0 : d1) * (float)q;
+            }
+        }
+    }
+    static __device__ __forceinline__ float dot(const u8* row, int c, const float* xv, float) {
+        const u8* b = row + (size_t)(c >> 3) * 210;
+        const int s = c & 7;
+        const int n = s >> 2;
+        const int k = s & 3;
+        const u8* ql = b + 64 * n + ((k & 1) ? 32 : 0);
+        const u8* qh = b + 128 + 32 * n;
+        const i8* scales = reinterpret_cast<const i8*>(b + 192) + 8 * n + 2 * k;
+        const int lshift = (k >> 1) * 4;
+        const int hshift = 2 * k;
+        float part[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int i = 0; i < 16; ++i) {
+            const unsigned int l2 = ld16(ql + 2 * i);
+            const unsigned int h2 = ld16(qh + 2 * i);
+            const unsigned int lo = (l2 >> lshift) & 0x0F0Fu;
+            const unsigned int hi = ((h2 >> hshift) & 0x0303u) << 4;
+            const unsigned int q = lo | hi;
+            part[i >> 3] = fmaf(MAGIC_F(q & 0xffu) - 8388640.0f, xv[2 * i], part[i >> 3]);
+            part[i >> 3] = fmaf(MAGIC_F(q >> 8) - 8388640.0f, xv[2 * i + 1], part[i >> 3]);
+        }
+        const float d = f16f(ld16(b + 208));
+        return d * ((float)scales[0] * part[0] + (float)scales[1] * part[1]);
+    }
+};
+
+// ---- embedding ---------------------------------------------------------------------------
+
+// One thread per 32-value chunk: out[t][c*32 .. c*32+32] = dequant(W[ids[t]]).
+template <typename W>
+__device__ void embed(float* __restrict__ out, const u8* __restrict__ w, const int* __restrict__ ids,
+                      int n, int cols, long long row_bytes) {
+    const int chunks = cols / 32;
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)n * chunks) return;
+    const int t = (int)(i / chunks);
+    const int c = (int)(i % chunks);
+    float v[32];
+    W::load(w + (long long)ids[t] * row_bytes, c, v);
+    float4* o = reinterpret_cast<float4*>(out + (long long)t * cols + 32 * c);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) o[k] = make_float4(v[4 * k], v[4 * k + 1], v[4 * k + 2], v[4 * k + 3]);
+}
+
+// ---- GEMV --------------------------------------------------------------------------------
+
+// One warp per output row, 4 rows per 128-thread block; each lane takes every 32nd chunk of
+// the row, dequantises it once and dots it with NT token vectors (x rows of `cols` floats).
+template <typename W, int NT>
+__device__ void gemv(float* __restrict__ y, const u8* __restrict__ w, const float* __restrict__ x,
+                     int rows, int cols, int n, long long row_bytes) {
+    const int warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31;
+    const int r = blockIdx.x * 4 + warp;
+    if (r >= rows) return;
+    const u8* row = w + (long long)r * row_bytes;
+    const int chunks = cols / 32;
+    float acc[NT];
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[t] = 0.0f;
+    for (int c = lane; c < chunks; c += 32) {
+        float v[32];
+        W::load(row, c, v);
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+            if (t < n) {
+                const float4* xp = reinterpret_cast<const float4*>(x + (long long)t * cols + 32 * c);
+                float s = 0.0f;
+#pragma unroll
+                for (int k = 0; k < 8; ++k) {
+                    const float4 xv = __ldg(xp + k);
+                    s = fmaf(v[4 * k], xv.x, s);
+                    s = fmaf(v[4 * k + 1], xv.y, s);
+                    s = fmaf(v[4 * k + 2], xv.z, s);
+                    s = fmaf(v[4 * k + 3], xv.w, s);
+                }
+                acc[t] += s;
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+        const float s = warp_sum(acc[t]);
+        if (lane == 0 && t < n) y[(long long)t * rows + r] = s;
+    }
+}
+
+// Batch-1 GEMV: one warp per R consecutive rows. Each lane loads its x chunk once into
+// registers and reuses it for the R rows (the first version re-read x from L1 for every row:
+// x traffic was 2-7x the weight bytes and every format ran at the same ~75 us per 14336x4096
+// matrix). Rows past the end are clamped for the loads (always valid memory) and not written.
+template <typename W, int R>
+__device__ void gemv_rows(float* __restrict__ y, const u8* __restrict__ w, const float* __restrict__ x,
+                          int rows, int cols, long long row_bytes) {
+    const int warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31;
+    const int r0 = (blockIdx.x * 4 + warp) * R;
+    if (r0 >= rows) return;
+    const int chunks = cols / 32;
+    float acc[R];
+#pragma unroll
+    for (int i = 0; i < R; ++i) acc[i] = 0.0f;
+    for (int c = lane; c < chunks; c += 32) {
+        float xv[32];
+        const float4* xp = reinterpret_cast<const float4*>(x + 32 * c);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+            const float4 t = __ldg(xp + k);
+            xv[4 * k] = t.x; xv[4 * k + 1] = t.y; xv[4 * k + 2] = t.z; xv[4 * k + 3] = t.w;
+        }
+        float xs = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 32; ++k) xs += xv[k];
+#pragma unroll
+        for (int i = 0; i < R; ++i) {
+            const int r = min(r0 + i, rows - 1);
+            acc[i] += W::dot(w + (long long)r * row_bytes, c, xv, xs);
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < R; ++i) {
+        const float s = warp_sum(acc[i]);
+        if (lane == 0 && r0 + i < rows) y[r0 + i] = s;
+    }
+}
+
+#define WEIGHT_ENTRIES(SUF, W)                                                                     \
+    extern "C" __global__ void __launch_bounds__(256) embed_##SUF(                                 \
+        float* out, const u8* w, const int* ids, int n, int cols, long long row_bytes) {           \
+        embed<W>(out, w, ids, n, cols, row_bytes);                                                 \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(128) gemv_##SUF##_n1(                             \
+        float* y, const u8* w, const float* x, int rows, int cols, int n, long long rb) {           \
+        gemv<W, 1>(y, w, x, rows, cols, n, rb);                                                    \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(128) gemv_##SUF##_r2(                             \
+        float* y, const u8* w, const float* x, int rows, int cols, int n, long long rb) {           \
+        gemv_rows<W, 2>(y, w, x, rows, cols, rb);                                                  \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(128) gemv_##SUF##_r4(                             \
+        float* y, const u8* w, const float* x, int rows, int cols, int n, long long rb) {           \
+        gemv_rows<W, 4>(y, w, x, rows, cols, rb);                                                  \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(128) gemv_##SUF##_n2(                             \
+        float* y, const u8* w, const float* x, int rows, int cols, int n, long long rb) {           \
+        gemv<W, 2>(y, w, x, rows, cols, n, rb);                                                    \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(128) gemv_##SUF##_n4(                             \
+        float* y, const u8* w, const float* x, int rows, int cols, int n, long long rb) {           \
+        gemv<W, 4>(y, w, x, rows, cols, n, rb);                                                    \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(128) gemv_##SUF##_n8(                             \
+        float* y, const u8* w, const float* x, int rows, int cols, int n, long long rb) {           \
+        gemv<W, 8>(y, w, x, rows, cols, n, rb);                                                    \
+    }
+
+WEIGHT_ENTRIES(f32, WF32)
+WEIGHT_ENTRIES(f16, WF16)
+WEIGHT_ENTRIES(bf16, WBF16)
+WEIGHT_ENTRIES(q8_0, WQ8_0)
+WEIGHT_ENTRIES(q4_k, WQ4_K)
+WEIGHT_ENTRIES(q6_k, WQ6_K)
+
+// ---- RoPE --------------------------------------------------------------------------------
+
+// q: [n][n_head][head_dim], k: [n][n_kv][head_dim], rotated in place over the first n_rot
+// dims. neox = 0: pairs (2i, 2i+1) (llama.cpp LLAMA_ROPE_TYPE_NORM, Llama); neox = 1: pairs
+// (i, i + n_rot/2) (Qwen2/3). theta_i = pos * base^(-2i/n_rot) / factors[i] (factors may be
+// null: Llama 3 scaling ships them as `rope_freqs.weight`). One thread per pair.
+extern "C" __global__ void __launch_bounds__(256) rope_f32(float* q, float* k, const int* pos, int n,
+                                                          int n_head, int n_kv, int head_dim, int n_rot,
+                                                          float base, const float* factors, int neox) {
+    const int half = n_rot / 2;
+    const int heads = n_head + n_kv;
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)n * heads * half) return;
+    const int p = (int)(i % half);
+    const int h = (int)((i / half) % heads);
+    const int t = (int)(i / ((long long)half * heads));
+    float* v = h < n_head ? q + ((long long)t * n_head + h) * head_dim
+                          : k + ((long long)t * n_kv + (h - n_head)) * head_dim;
+    float theta = (float)pos[t] * powf(base, -2.0f * (float)p / (float)n_rot);
+    if (factors) theta /= factors[p];
+    float s, c;
+    sincosf(theta, &s, &c);
+    const int a = neox ? p : 2 * p;
+    const int b = neox ? p + half : 2 * p + 1;
+    const float x0 = v[a], x1 = v[b];
+    v[a] = x0 * c - x1 * s;
+    v[b] = x0 * s + x1 * c;
+}
+
+// ---- SwiGLU ------------------------------------------------------------------------------
+
+extern "C" __global__ void __launch_bounds__(256) swiglu_f32(float* out, const float* gate, const float* up,
+                                                            long long n) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float g = gate[i];
+    out[i] = g / (1.0f + expf(-g)) * up[i];
+}
+
+// gate = silu(gate) * up, in place.
+extern "C" __global__ void __launch_bounds__(256) swiglu_inplace_f32(float* gate, const float* up, long long n) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float g = gate[i];
+    gate[i] = g / (1.0f + expf(-g)) * up[i];
+}
+
+// ---- paged KV cache ----------------------------------------------------------------------
+
+// Cache layout: [slot][n_kv][head_dim] f16, slot = block * block_size + offset. k, v: [n][n_kv *
+// head_dim] f32; slots[t] < 0 skips the token (padding).
+extern "C" __global__ void __launch_bounds__(256) kv_write_f16(hl_f16* kc, hl_f16* vc, const float* k,
+                                                              const float* v, const int* slots, int n,
+                                                              int width) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)n * width) return;
+    const int t = (int)(i / width);
+    const int e = (int)(i % width);
+    const int slot = slots[t];
+    if (slot < 0) return;
+    kc[(long long)slot * width + e] = ElemF16::from_f32(k[i]);
+    vc[(long long)slot * width + e] = ElemF16::from_f32(v[i]);
+}
+
+// ---- attention over the paged cache ------------------------------------------------------
+
+// Grid (n_head, n_query, n_split), 128 threads (4 warps). Query t of sequence seq[t] sees the
+// first ctx[t] tokens of that sequence (causal prefill: ctx = position + 1). Split s covers
+// tokens [s*split_len, (s+1)*split_len); each warp takes every 4th token, keeps an online
+// softmax (max, sum, D/32 output dims per lane), and the 4 warps merge in shared memory into
+// part_ml[(t*n_head+h)*n_split+s] = (max, sum) and part_o[...][D] (unnormalised).
+template <int D>
+__device__ void paged_attention(float* __restrict__ part_o, float2* __restrict__ part_ml,
+                                const float* __restrict__ q, const hl_f16* __restrict__ kc,
+                                const hl_f16* __restrict__ vc, const int* __restrict__ block_tables,
+                                const int* __restrict__ seq, const int* __restrict__ ctx, int n_head,
+                                int n_kv, int block_size, int max_blocks, int split_len, float scale) {
+    constexpr int DPL = D / 32;
+    const int h = blockIdx.x, t = blockIdx.y, s = blockIdx.z;
+    const int n_split = gridDim.z;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int kvh = h / (n_head / n_kv);
+    const int len = ctx[t];
+    const int* table = block_tables + (long long)seq[t] * max_blocks;
+    const int start = s * split_len;
+    const int end = min(len, start + split_len);
+
+    float qv[DPL];
+    const float* qp = q + ((long long)t * n_head + h) * D + lane * DPL;
+#pragma unroll
+    for (int i = 0; i < DPL; ++i) qv[i] = qp[i] * scale;
+
+    float m = NEG_INF, l = 0.0f, o[DPL];
+#pragma unroll
+    for (int i = 0; i < DPL; ++i) o[i] = 0.0f;
+    const long long width = (long long)n_kv * D;
+    for (int j = start + warp; j < end; j += 4) {
+        const long long slot = (long long)table[j / block_size] * block_size + j % block_size;
+        const hl_f16* kp = kc + slot * width + (long long)kvh * D + lane * DPL;
+        const hl_f16* vp = vc + slot * width + (long long)kvh * D + lane * DPL;
+        float sc = 0.0f;
+#pragma unroll
+        for (int i = 0; i < DPL; ++i) sc = fmaf(qv[i], f16f(kp[i]), sc);
+        sc = warp_sum(sc);
+        const float m_new = fmaxf(m, sc);
+        const float corr = __expf(m - m_new);
+        const float p = __expf(sc - m_new);
+        l = l * corr + p;
+#pragma unroll
+        for (int i = 0; i < DPL; ++i) o[i] = o[i] * corr + p * f16f(vp[i]);
+        m = m_new;
+    }
+
+    __shared__ float sm_m[4], sm_l[4];
+    __shared__ float sm_o[4][D];
+    if (lane == 0) { sm_m[warp] = m; sm_l[warp] = l; }
+#pragma unroll
+    for (int i = 0; i < DPL; ++i) sm_o[warp][lane * DPL + i] = o[i];
+    __syncthreads();
+    if (warp == 0) {
+        float mm = NEG_INF;
+#pragma unroll
+        for (int w = 0; w < 4; ++w) mm = fmaxf(mm, sm_m[w]);
+        float ll = 0.0f, oo[DPL];
+#pragma unroll
+        for (int i = 0; i < DPL; ++i) oo[i] = 0.0f;
+#pragma unroll
+        for (int w = 0; w < 4; ++w) {
+            const float f = sm_m[w] == NEG_INF ? 0.0f : __expf(sm_m[w] - mm);
+            ll += sm_l[w] * f;
+#pragma unroll
+            for (int i = 0; i < DPL; ++i) oo[i] += sm_o[w][lane * DPL + i] * f;
+        }
+        const long long idx = ((long long)t * n_head + h) * n_split + s;
+        if (lane == 0) part_ml[idx] = make_float2(mm, ll);
+#pragma unroll
+        for (int i = 0; i < DPL; ++i) part_o[idx * D + lane * DPL + i] = oo[i];
+    }
+}
+
+// Grid (n_head, n_query), D threads: out[t][h][d] = sum_s o_s * e^(m_s - M) / sum_s l_s e^(m_s - M).
+template <int D>
+__device__ void attention_reduce(float* __restrict__ out, const float* __restrict__ part_o,
+                                 const float2* __restrict__ part_ml, int n_head, int n_split) {
+    const int h = blockIdx.x, t = blockIdx.y, d = threadIdx.x;
+    const long long base = ((long long)t * n_head + h) * n_split;
+    float mm = NEG_INF;
+    for (int s = 0; s < n_split; ++s) mm = fmaxf(mm, part_ml[base + s].x);
+    float ll = 0.0f, acc = 0.0f;
+    for (int s = 0; s < n_split; ++s) {
+        const float2 ml = part_ml[base + s];
+        const float f = ml.x == NEG_INF ? 0.0f : __expf(ml.x - mm);
+        ll += ml.y * f;
+        acc += part_o[(base + s) * D + d] * f;
+    }
+    out[((long long)t * n_head + h) * D + d] = ll > 0.0f ? acc / ll : 0.0f;
+}
+
+#define ATTENTION_ENTRIES(D)                                                                          \
+    extern "C" __global__ void __launch_bounds__(128) paged_attention_d##D(                           \
+        float* part_o, float2* part_ml, const float* q, const hl_f16* kc, const hl_f16* vc,           \
+        const int* block_tables, const int* seq, const int* ctx, int n_head, int n_kv, int block_size, \
+        int max_blocks, int split_len, float scale) {                                                 \
+        paged_attention<D>(part_o, part_ml, q, kc, vc, block_tables, seq, ctx, n_head, n_kv,          \
+                           block_size, max_blocks, split_len, scale);                                 \
+    }                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(D) attention_reduce_d##D(                            \
+        float* out, const float* part_o, const float2* part_ml, int n_head, int n_split) {            \
+        attention_reduce<D>(out, part_o, part_ml, n_head, n_split);                                   \
+    }
+
+ATTENTION_ENTRIES(64)
+ATTENTION_ENTRIES(128)
+ATTENTION_ENTRIES(256)
+
+// ---- argmax ------------------------------------------------------------------------------
+
+// One 1024-thread block per row: out[r] = smallest index of the row's maximum.
+extern "C" __global__ void __launch_bounds__(1024) argmax_f32(int* out, const float* x, int cols) {
+    const float* row = x + (long long)blockIdx.x * cols;
+    float best = NEG_INF;
+    int idx = 0x7fffffff;
+    for (int i = threadIdx.x; i < cols; i += blockDim.x) {
+        const float v = row[i];
+        if (v > best) { best = v; idx = i; }
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+        const float ob = __shfl_xor_sync(0xffffffffu, best, off);
+        const int oi = __shfl_xor_sync(0xffffffffu, idx, off);
+        if (ob > best || (ob == best && oi < idx)) { best = ob; idx = oi; }
+    }
+    __shared__ float sb[32];
+    __shared__ int si[32];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (lane == 0) { sb[warp] = best; si[warp] = idx; }
+    __syncthreads();
+    if (warp == 0) {
+        const int nw = blockDim.x >> 5;
+        best = lane < nw ? sb[lane] : NEG_INF;
+        idx = lane < nw ? si[lane] : 0x7fffffff;
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) {
+            const float ob = __shfl_xor_sync(0xffffffffu, best, off);
+            const int oi = __shfl_xor_sync(0xffffffffu, idx, off);
+            if (ob > best || (ob == best && oi < idx)) { best = ob; idx = oi; }
+        }
+        if (lane == 0) out[blockIdx.x] = idx;
+    }
+}
