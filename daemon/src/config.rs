@@ -32,6 +32,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// The shared model store: limits, who may pull, registries.
     pub store: crate::store::StoreConfig,
+    /// Served engines (vLLM, Modular MAX): where they are installed and how they run.
+    pub engines: crate::engine::served::EnginesConfig,
 }
 
 /// How the daemon was started: as the machine's service, or by a user for development and tests.
@@ -349,6 +351,10 @@ impl Config {
         self.runners.memory_budget_bytes()?;
         self.http.max_body_bytes()?;
         self.store.validate().map_err(|(key, message)| ConfigError::Invalid {
+            what: format!("configuration key `{key}`"),
+            message,
+        })?;
+        self.engines.validate().map_err(|(key, message)| ConfigError::Invalid {
             what: format!("configuration key `{key}`"),
             message,
         })?;

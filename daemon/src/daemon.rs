@@ -98,6 +98,7 @@ pub async fn run(prepared: Prepared, cli: Arc<Cli>) -> Result<()> {
         dirs.runtime.join("runners"),
         GlobalQueue::new(usize::try_from(prepared.config.quota.service_max_queued).unwrap_or(usize::MAX)),
     )?;
+    residency.set_engines(prepared.config.engines.clone(), dirs.cache.join("engines"));
     let shared = Shared::new(SharedParts {
         config: prepared.config,
         db,
@@ -227,6 +228,8 @@ fn reload(shared: &Shared, config_file: &Path, cli: &Cli, notifier: Notifier) {
                 new.daemon.admin_group = old.daemon.admin_group.clone();
             }
             shared.residency.set_config(new.runners.clone());
+            let cache = new.dirs().cache.join("engines");
+            shared.residency.set_engines(new.engines.clone(), cache);
             shared.set_config(new);
             tracing::info!("configuration reloaded");
         }

@@ -138,6 +138,7 @@ fn load_request(resolved: &ResolvedModel, keep_alive: Option<i64>) -> LoadReques
         context_length: 0,
         keep_alive,
         kv_bytes_per_token: 0,
+        folder: resolved.folder.clone(),
     }
 }
 

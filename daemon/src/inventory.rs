@@ -67,18 +67,23 @@ fn huge_pages_from(meminfo: &Path, thp: &Path) -> pb::HugePages {
 }
 
 /// The engines and whether each can serve on this machine.
-pub fn engines(gpu_probe_error: &str, gpu_count: usize) -> Vec<pb::EngineInfo> {
-    let on_path = |program: &str| {
-        std::env::var_os("PATH")
-            .and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(program)).find(|p| p.is_file()))
-    };
-    let supervised = |name: &str, program: &str, package: &str| pb::EngineInfo {
-        name: name.into(),
-        available: false,
-        detail: match on_path(program) {
-            Some(path) => format!("{} found, but this version cannot supervise it yet", path.display()),
-            None => format!("`{program}` not found on PATH (install the `{package}` Python package)"),
-        },
+pub fn engines(
+    gpu_probe_error: &str,
+    gpu_count: usize,
+    served: &crate::engine::served::EnginesConfig,
+) -> Vec<pb::EngineInfo> {
+    use crate::engine::served::ServedKind;
+    let supervised = |kind: ServedKind| {
+        let venv = &served.install(kind).virtualenv;
+        let venv = Some(std::path::Path::new(venv)).filter(|p| !p.as_os_str().is_empty());
+        let (available, detail) = match kind.locate(venv) {
+            Ok(program) => (
+                true,
+                format!("supervised server ({}); serves Hugging Face folder models", program.display()),
+            ),
+            Err(error) => (false, error.to_string()),
+        };
+        pb::EngineInfo { name: kind.name().into(), available, detail }
     };
     vec![
         pb::EngineInfo {
@@ -97,8 +102,8 @@ pub fn engines(gpu_probe_error: &str, gpu_count: usize) -> Vec<pb::EngineInfo> {
                 format!("{gpu_count} GPU(s); CUDA kernels compiled by NVRTC at load (GGUF Llama/Qwen)")
             },
         },
-        supervised("vllm", "vllm", "vllm"),
-        supervised("max", "max", "max[serve]"),
+        supervised(ServedKind::Vllm),
+        supervised(ServedKind::Max),
     ]
 }
 
@@ -126,14 +131,18 @@ mod tests {
 
     #[test]
     fn engines_say_why_they_are_unavailable() {
-        let engines = engines("no CUDA driver found", 0);
+        let mut served = crate::engine::served::EnginesConfig::default();
+        served.max.virtualenv = "/nonexistent".into();
+        let engines = engines("no CUDA driver found", 0, &served);
+        let max = engines.iter().find(|e| e.name == "max").unwrap();
+        assert!(!max.available && max.detail.contains("max[serve]"), "{}", max.detail);
         let native = engines.iter().find(|e| e.name == "native").unwrap();
         assert!(!native.available);
         assert_eq!(native.detail, "unavailable: no CUDA driver found");
-        let no_gpu = super::engines("", 0);
+        let no_gpu = super::engines("", 0, &served);
         let native = no_gpu.iter().find(|e| e.name == "native").unwrap();
         assert!(!native.available && native.detail.contains("no GPU"));
-        let two_gpus = super::engines("", 2);
+        let two_gpus = super::engines("", 2, &served);
         assert!(two_gpus.iter().any(|e| e.name == "native" && e.available));
         assert!(engines.iter().any(|e| e.name == "llama.cpp" && e.available));
     }

@@ -15,6 +15,7 @@ use tokio::sync::Mutex as AsyncMutex;
 
 use crate::admission::{GlobalQueue, ModelQueue};
 use crate::config::RunnersConfig;
+use crate::engine::served::{EnginesConfig, ServedKind};
 use crate::error::{Error, Result};
 use crate::runner::process::{RunnerProcess, RunnerSpec};
 
@@ -39,6 +40,8 @@ pub struct LoadRequest {
     pub keep_alive: Option<i64>,
     /// KV bytes one token of context costs, when the model's metadata tells (0 = unknown).
     pub kv_bytes_per_token: u64,
+    /// The files of a model stored as a Hugging Face folder (name, blob); empty for a GGUF.
+    pub folder: Vec<(String, PathBuf)>,
 }
 
 /// A loaded model.
@@ -54,6 +57,8 @@ pub struct Loaded {
     pub queue: Arc<ModelQueue>,
     /// Memory it is accounted for.
     pub memory_bytes: u64,
+    /// The folder of symlinks to its blobs that a served engine reads (removed on unload).
+    pub model_dir: Option<PathBuf>,
     runner: Mutex<Arc<RunnerProcess>>,
     restarts: AtomicU32,
     active: AtomicU32,
@@ -133,6 +138,30 @@ pub fn kv_bytes_per_token(model: &std::path::Path) -> Option<u64> {
     Some(layers * kv_heads * (key_len + value_len) * 2)
 }
 
+/// What a served engine's runner is started with.
+#[derive(Debug)]
+struct ServedLaunch {
+    /// Runner flags for the engine.
+    args: Vec<String>,
+    /// Context per sequence (the configured one, at most the model's).
+    context_length: u32,
+    /// KV cache bytes for all sequences.
+    kv_bytes: u64,
+}
+
+/// Memory a served engine's server needs besides weights and KV cache.
+const SERVED_ENGINE_MARGIN: u64 = 2 << 30;
+
+/// Kills what is left of a served engine's process group once its runner is gone (the runner
+/// normally stops it; a runner killed with SIGKILL cannot).
+fn reap_engine_group(runner: &RunnerProcess) {
+    if let Ok(pgid) = i32::try_from(runner.health.engine_pgid)
+        && pgid > 1
+    {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
 /// Held while a request uses a model.
 #[derive(Debug)]
 pub struct UseGuard {
@@ -163,6 +192,7 @@ pub fn human_bytes(bytes: u64) -> String {
 #[derive(Debug)]
 pub struct Residency {
     config: Mutex<RunnersConfig>,
+    engines: Mutex<(EnginesConfig, PathBuf)>,
     runners_dir: PathBuf,
     loaded: Mutex<HashMap<String, Arc<Loaded>>>,
     load_lock: AsyncMutex<()>,
@@ -180,6 +210,7 @@ impl Residency {
             .map_err(Error::io(format!("set mode of {}", runners_dir.display())))?;
         Ok(Arc::new(Self {
             config: Mutex::new(config),
+            engines: Mutex::new((EnginesConfig::default(), runners_dir.join("engines-cache"))),
             runners_dir,
             loaded: Mutex::new(HashMap::new()),
             load_lock: AsyncMutex::new(()),
@@ -195,6 +226,17 @@ impl Residency {
 
     fn config(&self) -> RunnersConfig {
         self.config.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Applies `[engines]`; `default_cache` is `<cache_dir>/engines`, used unless configured.
+    pub fn set_engines(&self, engines: EnginesConfig, default_cache: PathBuf) {
+        *self.engines.lock().unwrap_or_else(|e| e.into_inner()) = (engines, default_cache);
+    }
+
+    fn engines(&self) -> (EnginesConfig, PathBuf) {
+        let (config, default_cache) = self.engines.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let cache = config.cache_dir.clone().unwrap_or(default_cache);
+        (config, cache)
     }
 
     /// The service-wide admission bound.
@@ -265,22 +307,42 @@ impl Residency {
             self.unload(&loaded.digest).await;
         }
         let config = self.config();
-        let engine = if request.engine.is_empty() { "llama.cpp".to_string() } else { request.engine.clone() };
-        if engine != "llama.cpp" {
-            return Err(Error::InvalidArgument(format!(
-                "engine `{engine}` is not available in this version; use llama.cpp"
-            )));
-        }
-        let socket =
-            self.runners_dir.join(format!("runner-{}.sock", self.next_socket.fetch_add(1, Ordering::SeqCst)));
+        let (engines, engines_cache) = self.engines();
+        let engine = match (request.engine.as_str(), request.folder.is_empty()) {
+            ("", true) => "llama.cpp".to_string(),
+            ("", false) => engines.folder_default.clone(),
+            (named, _) => named.to_string(),
+        };
+        let number = self.next_socket.fetch_add(1, Ordering::SeqCst);
+        let socket = self.runners_dir.join(format!("runner-{number}.sock"));
+        let (model_path, model_dir, served) = match ServedKind::from_name(&engine) {
+            Some(kind) => {
+                let dir = self.runners_dir.join(format!("model-{number}"));
+                let served =
+                    self.prepare_served(kind, request, &dir, &engines, &engines_cache, &config).await?;
+                (dir.clone(), Some(dir), Some(served))
+            }
+            None if engine == "llama.cpp" && !request.folder.is_empty() => {
+                return Err(Error::InvalidArgument(format!(
+                    "{} is a Hugging Face folder; llama.cpp serves GGUF models: load it with --engine vllm or --engine max",
+                    request.name
+                )));
+            }
+            None if engine == "llama.cpp" => (request.model_path.clone(), None, None),
+            None => {
+                return Err(Error::InvalidArgument(format!(
+                    "engine `{engine}` is not available in this version; use llama.cpp, vllm or max"
+                )));
+            }
+        };
         let spec = RunnerSpec {
             name: request.name.clone(),
-            model_path: request.model_path.clone(),
+            model_path,
             engine,
-            context_length: if request.context_length > 0 {
-                request.context_length
-            } else {
-                config.context_length
+            context_length: match &served {
+                Some(served) => served.context_length,
+                None if request.context_length > 0 => request.context_length,
+                None => config.context_length,
             },
             parallel: config.parallel,
             threads: config.threads,
@@ -293,10 +355,31 @@ impl Residency {
                 .unwrap_or_else(|| config.cpus.clone()),
             gpus: request.gpus.clone(),
             socket,
+            engine_args: served.as_ref().map(|s| s.args.clone()).unwrap_or_default(),
         };
-        let needed = self.estimate(request, &spec).await;
-        self.make_room(&request.name, needed, config.max_loaded_models).await?;
-        let runner = RunnerProcess::start(&spec, config.start_timeout).await?;
+        let start_timeout = if model_dir.is_some() {
+            engines.start_timeout.max(config.start_timeout)
+        } else {
+            config.start_timeout
+        };
+        let started = async {
+            let needed = match &served {
+                Some(served) => request.size_bytes + served.kv_bytes + SERVED_ENGINE_MARGIN,
+                None => self.estimate(request, &spec).await,
+            };
+            self.make_room(&request.name, needed, config.max_loaded_models).await?;
+            Ok::<_, Error>((needed, RunnerProcess::start(&spec, start_timeout).await?))
+        }
+        .await;
+        let (needed, runner) = match started {
+            Ok(started) => started,
+            Err(error) => {
+                if let Some(dir) = &model_dir {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+                return Err(error);
+            }
+        };
         let capacity = usize::try_from(runner.health.parallel.max(1)).unwrap_or(1);
         // Once loaded, account what the runner reports rather than the estimate.
         let needed = if runner.health.weights_bytes > 0 {
@@ -309,6 +392,7 @@ impl Residency {
             digest: request.digest.clone(),
             queue: ModelQueue::new(capacity, Arc::clone(&self.global)),
             memory_bytes: needed,
+            model_dir,
             spec,
             runner: Mutex::new(Arc::new(runner)),
             restarts: AtomicU32::new(0),
@@ -324,6 +408,72 @@ impl Residency {
             .insert(request.digest.clone(), Arc::clone(&loaded));
         self.watch(Arc::clone(&loaded));
         Ok(loaded)
+    }
+
+    /// Checks that a served engine is installed and can serve the folder, lays the folder out
+    /// as symlinks to its blobs in `dir`, and returns the runner flags for the engine.
+    async fn prepare_served(
+        &self,
+        kind: ServedKind,
+        request: &LoadRequest,
+        dir: &std::path::Path,
+        engines: &EnginesConfig,
+        cache: &std::path::Path,
+        config: &RunnersConfig,
+    ) -> Result<ServedLaunch> {
+        let name = &request.name;
+        if request.folder.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "the {} engine serves models stored as Hugging Face folders (`hyperctl create` with FROM ./folder); \
+                 {name} is a single GGUF file: use llama.cpp",
+                kind.name()
+            )));
+        }
+        let install = engines.install(kind);
+        let virtualenv = Some(PathBuf::from(&install.virtualenv)).filter(|p| !p.as_os_str().is_empty());
+        kind.locate(virtualenv.as_deref()).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir(dir).map_err(Error::io(format!("create {}", dir.display())))?;
+        for (file, blob) in &request.folder {
+            std::os::unix::fs::symlink(blob, dir.join(file))
+                .map_err(Error::io(format!("link {file} into {}", dir.display())))?;
+        }
+        let owned = dir.to_path_buf();
+        let info = tokio::task::spawn_blocking(move || crate::engine::served::hf::inspect_dir(&owned))
+            .await
+            .map_err(|e| Error::Internal(format!("folder check: {e}")))?;
+        let checked = info.map_err(|e| e.to_string()).and_then(|info| {
+            kind.check_servable(&info, u32::try_from(request.gpus.len()).unwrap_or(0)).map(|()| info)
+        });
+        let info = match checked {
+            Ok(info) => info,
+            Err(why) => {
+                let _ = std::fs::remove_dir_all(dir);
+                return Err(Error::InvalidArgument(format!(
+                    "{name} cannot be served by {}: {why}",
+                    kind.name()
+                )));
+            }
+        };
+        let context = if request.context_length > 0 { request.context_length } else { config.context_length };
+        let context = match u32::try_from(info.context_length) {
+            Ok(model_max) if model_max > 0 => context.min(model_max),
+            _ => context,
+        };
+        let kv = u64::from(context) * u64::from(config.parallel) * info.kv_bytes_per_token.max(1);
+        let args = vec![
+            "--engine-virtualenv".into(),
+            install.virtualenv.clone(),
+            "--engine-cache-dir".into(),
+            cache.join(kind.name()).display().to_string(),
+            "--gpu-memory-utilization".into(),
+            install.gpu_memory_utilization.to_string(),
+            "--kv-cache-bytes".into(),
+            kv.to_string(),
+            "--engine-start-timeout".into(),
+            engines.start_timeout.as_secs().to_string(),
+        ];
+        Ok(ServedLaunch { args, context_length: context, kv_bytes: kv })
     }
 
     /// Evicts idle models, least recently used first, until `needed` fits the budget and a slot
@@ -384,7 +534,12 @@ impl Residency {
         let backoff =
             Duration::from_millis(250u64.saturating_mul(1 << restarts.min(7))).min(Duration::from_secs(30));
         tokio::time::sleep(backoff).await;
-        let runner = RunnerProcess::start(&loaded.spec, self.config().start_timeout).await?;
+        let timeout = if loaded.model_dir.is_some() {
+            self.engines().0.start_timeout.max(self.config().start_timeout)
+        } else {
+            self.config().start_timeout
+        };
+        let runner = RunnerProcess::start(&loaded.spec, timeout).await?;
         tracing::info!(model = %loaded.name, pid = runner.pid, restarts = restarts + 1, "runner restarted");
         *loaded.runner.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(runner);
         self.watch(Arc::clone(&loaded));
@@ -398,6 +553,7 @@ impl Residency {
         tokio::spawn(async move {
             let runner = loaded.runner();
             let exit = runner.wait_exit().await;
+            reap_engine_group(&runner);
             let still_loaded = this.find(&loaded.digest).is_some_and(|l| Arc::ptr_eq(&l, &loaded));
             if still_loaded && Arc::ptr_eq(&loaded.runner(), &runner) {
                 tracing::error!(model = %loaded.name, pid = runner.pid, exit = %exit.description, "model runner exited; restarting");
@@ -427,8 +583,13 @@ impl Residency {
         match removed {
             Some(loaded) => {
                 tracing::info!(model = %loaded.name, "unloading");
-                loaded.runner().stop(Duration::from_secs(10)).await;
+                let runner = loaded.runner();
+                runner.stop(Duration::from_secs(20)).await;
+                reap_engine_group(&runner);
                 let _ = std::fs::remove_file(&loaded.spec.socket);
+                if let Some(dir) = &loaded.model_dir {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
                 true
             }
             None => false,

@@ -36,6 +36,18 @@ pub fn rewrite_modelfile(text: &str, base: &Path) -> Result<(String, Vec<LocalFi
         let value = value.trim();
         let is_file_ref =
             !in_block && (keyword.eq_ignore_ascii_case("FROM") || keyword.eq_ignore_ascii_case("ADAPTER"));
+        if is_file_ref && keyword.eq_ignore_ascii_case("FROM") && resolve(value, base).is_dir() {
+            let first = files.len();
+            files.extend(folder_files(&resolve(value, base))?);
+            if files.len() == first {
+                return Err(CtlError::File {
+                    path: resolve(value, base),
+                    message: "the folder has no model files".into(),
+                });
+            }
+            out.push_str(&format!("FROM @folder:{first}-{}\n", files.len() - 1));
+            continue;
+        }
         if is_file_ref && looks_like_path(value, base) {
             let path = resolve(value, base);
             let size = check_file(&path)?;
@@ -67,6 +79,39 @@ fn resolve(value: &str, base: &Path) -> PathBuf {
         return std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default().join(rest);
     }
     base.join(value)
+}
+
+/// Weight formats that can run code when loaded; a folder's copies of them are not sent (its
+/// safetensors or GGUF weights are), and hyperllamad refuses them anyway.
+const NOT_SENT: [&str; 9] = ["bin", "pt", "pth", "pkl", "ckpt", "py", "msgpack", "h5", "onnx"];
+
+/// The files of a Hugging Face model folder, in name order: regular files at its top level,
+/// leaving out hidden files and pickled or other code-carrying weights (with a note).
+fn folder_files(dir: &Path) -> Result<Vec<LocalFile>> {
+    let folder_error = |message: String| CtlError::File { path: dir.to_path_buf(), message };
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| folder_error(format!("cannot read the folder as you: {e}")))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    let mut files = Vec::new();
+    for name in names {
+        let path = dir.join(&name);
+        if path.is_dir() {
+            eprintln!("skipping {} (only the folder's top-level files are imported)", path.display());
+            continue;
+        }
+        let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+        if NOT_SENT.contains(&ext.as_str()) {
+            eprintln!("skipping {name} (only safetensors and GGUF weights are imported)");
+            continue;
+        }
+        let size = check_file(&path)?;
+        files.push(LocalFile { path, size });
+    }
+    Ok(files)
 }
 
 /// A file we can stream: it exists, we may read it, and it is a regular file (not a device or
@@ -154,6 +199,21 @@ mod tests {
         assert_eq!(files[0].size, 4);
         assert!(out.starts_with("FROM @file:0\n"));
         assert!(out.contains("\nFROM ./m.gguf\n"), "inside a block stays: {out}");
+    }
+
+    #[test]
+    fn folders_are_sent_file_by_file_without_pickles() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("model");
+        std::fs::create_dir_all(model.join("sub")).unwrap();
+        for name in ["config.json", "model.safetensors", "pytorch_model.bin", ".gitattributes"] {
+            std::fs::write(model.join(name), b"{}").unwrap();
+        }
+        let (out, files) = rewrite_modelfile("FROM ./model\nPARAMETER temperature 0\n", dir.path()).unwrap();
+        assert!(out.starts_with("FROM @folder:0-1\n"), "{out}");
+        let names: Vec<_> =
+            files.iter().map(|f| f.path.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        assert_eq!(names, ["config.json", "model.safetensors"]);
     }
 
     #[test]

@@ -231,7 +231,22 @@ async fn health(State(api): State<Arc<Api>>) -> Response {
 }
 
 async fn metrics(State(api): State<Arc<Api>>) -> Response {
-    let text = crate::metrics::global().render(&api.shared);
+    let mut text = crate::metrics::global().render(&api.shared);
+    // Served engines (vLLM, MAX) keep their own metrics: scraped now, labelled with the model.
+    let targets: Vec<_> = api
+        .shared
+        .residency
+        .list()
+        .iter()
+        .map(|m| (m.name.clone(), m.runner().health.clone()))
+        .filter(|(_, health)| !health.metrics_url.is_empty())
+        .map(|(model, health)| crate::engine::served::metrics::Target {
+            model,
+            engine: health.engine,
+            url: health.metrics_url,
+        })
+        .collect();
+    text.push_str(&crate::engine::served::metrics::scrape(&targets, std::time::Duration::from_secs(2)).await);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 

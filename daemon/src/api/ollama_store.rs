@@ -76,7 +76,7 @@ pub async fn list(api: &Api, caller: &Caller) -> Result<Vec<ModelEntry>, ApiErro
         .into_iter()
         .map(|m| {
             let name = store.display(&m.name);
-            let info = m.model_layer().and_then(|l| l.info.clone()).unwrap_or_default();
+            let info = m.weights_layer().and_then(|l| l.info.clone()).unwrap_or_default();
             let tag = json!({
                 "name": name,
                 "model": name,

@@ -77,7 +77,7 @@ impl ControlService {
         let (gpus, gpu_probe_error) = tokio::task::spawn_blocking(inventory::gpus)
             .await
             .unwrap_or_else(|e| (Vec::new(), format!("GPU probe failed: {e}")));
-        let engines = inventory::engines(&gpu_probe_error, gpus.len());
+        let engines = inventory::engines(&gpu_probe_error, gpus.len(), &shared.config().engines);
         pb::StatusResponse {
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_seconds: shared.started.elapsed().as_secs(),

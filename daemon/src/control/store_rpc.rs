@@ -171,7 +171,7 @@ pub async fn list(
         .await?
         .into_iter()
         .map(|m| {
-            let info = m.model_layer().and_then(|l| l.info.clone()).unwrap_or_default();
+            let info = m.weights_layer().and_then(|l| l.info.clone()).unwrap_or_default();
             pb::ModelSummary {
                 name: store.display(&m.name),
                 digest: m.manifest.to_string(),

@@ -4,10 +4,13 @@
 //! llama.cpp, CUDA or vLLM directly.
 
 pub mod llamacpp;
+pub mod max;
 pub mod native;
 pub mod sampling;
+pub mod served;
 pub mod stop;
 pub mod template;
+pub mod vllm;
 
 use std::fmt;
 
@@ -223,6 +226,15 @@ pub struct EngineInfo {
     pub chat_template: Option<String>,
 }
 
+/// The external server behind a served engine (vLLM, MAX).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// Its process group.
+    pub pgid: u32,
+    /// Its Prometheus endpoint on loopback.
+    pub metrics_url: String,
+}
+
 /// Engine errors.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -256,4 +268,8 @@ pub trait Engine: Send + Sync {
     fn tokenize(&self, text: &str, add_special: bool) -> Result<Vec<i32>, EngineError>;
     /// What is loaded.
     fn info(&self) -> EngineInfo;
+    /// The external server process, for engines that run one.
+    fn server(&self) -> Option<ServerInfo> {
+        None
+    }
 }

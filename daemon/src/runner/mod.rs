@@ -28,6 +28,20 @@ pub fn load_engine(args: &service::RunnerArgs, threads: u32) -> Result<Arc<dyn E
             config.parallel = args.parallel.max(1);
             Ok(Arc::new(NativeEngine::load(config)?))
         }
-        other => Err(EngineError::Load(format!("engine `{other}` is not available in this version"))),
+        name => match crate::engine::served::ServedKind::from_name(name) {
+            Some(kind) => {
+                use crate::engine::served::{ServedEngine, ServerConfig};
+                let config = ServerConfig::from_args(
+                    kind,
+                    &args.model,
+                    args.context_length,
+                    args.parallel,
+                    &args.name,
+                    &args.served,
+                );
+                Ok(Arc::new(ServedEngine::start(config)?))
+            }
+            None => Err(EngineError::Load(format!("engine `{name}` is not available in this version"))),
+        },
     }
 }

@@ -40,6 +40,8 @@ pub struct RunnerSpec {
     pub gpus: Vec<u32>,
     /// Where the runner serves (inside a directory only the service account can enter).
     pub socket: PathBuf,
+    /// Further runner flags for the engine (served engines: where installed, cache, memory).
+    pub engine_args: Vec<String>,
 }
 
 /// How a runner ended.
@@ -101,6 +103,7 @@ impl RunnerProcess {
             .args(["--engine", &spec.engine, "--name", &spec.name, "--cpus", &spec.cpus])
             .args(["--context-length", &spec.context_length.to_string()])
             .args(["--parallel", &spec.parallel.to_string(), "--threads", &spec.threads.to_string()])
+            .args(&spec.engine_args)
             .env("CUDA_VISIBLE_DEVICES", spec.gpus.iter().map(u32::to_string).collect::<Vec<_>>().join(","))
             .env("HYPERLLAMA_LOG_FORMAT", "text")
             // malloc backs the runner's heap (and so llama.cpp's KV buffers) with huge pages:

@@ -80,6 +80,16 @@ impl ModelRow {
     pub fn model_layer(&self) -> Option<&LayerRow> {
         self.layers.iter().find(|l| l.media_type == super::manifest::MODEL)
     }
+
+    /// The index of a model stored as a Hugging Face folder.
+    pub fn folder_layer(&self) -> Option<&LayerRow> {
+        self.layers.iter().find(|l| l.media_type == super::manifest::FOLDER)
+    }
+
+    /// The layer that describes the weights (architecture, size): the GGUF or the folder index.
+    pub fn weights_layer(&self) -> Option<&LayerRow> {
+        self.model_layer().or_else(|| self.folder_layer())
+    }
 }
 
 /// A model to register.

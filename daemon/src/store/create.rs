@@ -20,6 +20,7 @@ use super::modelfile::{self, Instruction};
 use super::name::{ModelName, shorten};
 use super::pull::check_room;
 use super::{Pins, Progress, ProgressSink, Requester, Store, not_found};
+use crate::engine::served::hf;
 use crate::error::{Error, Result};
 use crate::gguf::{self, ModelInfo};
 
@@ -44,6 +45,8 @@ pub enum Upload {
 enum Base {
     /// A streamed file.
     File(u32),
+    /// A streamed Hugging Face folder: files `first..=last`, each named by its FileStart.
+    Folder(u32, u32),
     /// A model in the store (canonical name, as shown).
     Model(String, String),
 }
@@ -66,6 +69,14 @@ impl Prepared {
 
 fn file_index(value: &str) -> Option<u32> {
     value.strip_prefix("@file:")?.parse().ok()
+}
+
+/// `@folder:<first>-<last>`: the files of a folder hyperctl streams.
+fn folder_range(value: &str) -> Option<(u32, u32)> {
+    let (first, last) = value.strip_prefix("@folder:")?.split_once('-')?;
+    let (first, last) = (first.parse().ok()?, last.parse().ok()?);
+    (first <= last && (last - first) < u32::try_from(hf::MAX_FILES).unwrap_or(u32::MAX))
+        .then_some((first, last))
 }
 
 /// Whether a FROM value is a file path rather than a model name.
@@ -94,19 +105,23 @@ pub async fn prepare(store: &Store, model: &str, modelfile_text: &str, quantize:
                 if base.is_some() {
                     return Err(Error::InvalidArgument("the Modelfile has more than one FROM line".into()));
                 }
-                base = Some(match file_index(value) {
-                    Some(n) => {
+                base = Some(match (file_index(value), folder_range(value)) {
+                    (Some(n), _) => {
                         files.insert(n);
                         Base::File(n)
                     }
-                    None if looks_like_path(value) => {
+                    (None, Some((first, last))) => {
+                        files.extend(first..=last);
+                        Base::Folder(first, last)
+                    }
+                    _ if looks_like_path(value) => {
                         return Err(Error::InvalidArgument(format!(
                             "FROM {:?}: hyperllamad never opens files by path; run `hyperctl create`, which reads \
                              the file as you and sends it",
                             shorten(value)
                         )));
                     }
-                    None => {
+                    _ => {
                         let from = store.parse_name(value)?;
                         let shown = from.display(store.default_host());
                         if catalog::find(store.db(), &from.canonical()).await?.is_none() {
@@ -147,6 +162,28 @@ struct Received {
     digest: Digest,
     size: u64,
     info: ModelInfo,
+    /// Its name in a folder (folder files only).
+    name: Option<String>,
+}
+
+impl Prepared {
+    fn in_folder(&self, index: u32) -> bool {
+        matches!(self.base, Base::Folder(first, last) if (first..=last).contains(&index))
+    }
+}
+
+/// Checks one file of a folder by what its name says it is.
+fn check_folder_file(path: &std::path::Path, name: &str, limits: &gguf::Limits) -> Result<()> {
+    let invalid = |e: hf::FolderError| Error::InvalidModel(e.to_string());
+    match hf::file_kind(name).map_err(invalid)? {
+        hf::FileKind::Json => hf::read_json(path, name).map(drop).map_err(invalid),
+        hf::FileKind::Safetensors => hf::safetensors_dtypes(path, name).map(drop).map_err(invalid),
+        hf::FileKind::Gguf => gguf::read_file(path, limits)
+            .and_then(|f| f.model_info())
+            .map(drop)
+            .map_err(|e| Error::InvalidModel(format!("{name}: {e}"))),
+        hf::FileKind::Data => Ok(()),
+    }
 }
 
 /// Receives the files, builds and registers the model.
@@ -258,9 +295,32 @@ where
                 writer.written()
             )));
         }
-        send(progress, Progress::status("parsing GGUF")).await;
         let layout = store.layout().clone();
         let limits = store.gguf_limits().clone();
+        if prepared.in_folder(*expected) {
+            if received.iter().any(|r: &Received| r.name.as_deref() == Some(display.as_str())) {
+                return Err(Error::InvalidArgument(format!("the folder sends {display:?} twice")));
+            }
+            send(progress, Progress::status(format!("checking {display}"))).await;
+            let name = display.clone();
+            let (digest, size) = tokio::task::spawn_blocking(move || {
+                writer.finish(&layout, Some(size), |path| check_folder_file(path, &name, &limits))
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("upload task: {e}")))??;
+            pins.add(digest);
+            let info = ModelInfo {
+                architecture: String::new(),
+                parameter_count: 0,
+                context_length: 0,
+                embedding_length: 0,
+                quantization: String::new(),
+                kind: None,
+            };
+            received.push(Received { digest, size, info, name: Some(display) });
+            continue;
+        }
+        send(progress, Progress::status("parsing GGUF")).await;
         let display_for_check = display.clone();
         let (digest, size, info) = tokio::task::spawn_blocking(move || {
             let mut info = None;
@@ -282,7 +342,7 @@ where
         .map_err(|e| Error::Internal(format!("upload task: {e}")))??;
         let info = info.ok_or_else(|| Error::Internal("GGUF check did not run".into()))?;
         pins.add(digest);
-        received.push(Received { digest, size, info });
+        received.push(Received { digest, size, info, name: None });
     }
     if let Some(extra) = next {
         return Err(Error::InvalidArgument(match extra {
@@ -325,6 +385,57 @@ async fn build(
             layers.push(Layer { media_type: manifest::MODEL.into(), digest: r.digest, size: r.size });
             model_info = r.info.clone();
         }
+        Base::Folder(first, last) => {
+            let files: Vec<&Received> =
+                received.iter().skip(*first as usize).take((*last - *first + 1) as usize).collect();
+            let mut entries: Vec<manifest::FolderEntry> = files
+                .iter()
+                .map(|r| manifest::FolderEntry {
+                    name: r.name.clone().unwrap_or_default(),
+                    digest: r.digest,
+                    size: r.size,
+                })
+                .collect();
+            entries.sort_by(|a, b| a.name.cmp(&b.name));
+            let paths: Vec<(String, std::path::PathBuf)> =
+                entries.iter().map(|e| (e.name.clone(), layout.blob(&e.digest))).collect();
+            let folder = tokio::task::spawn_blocking(move || {
+                hf::inspect(paths.iter().map(|(n, p)| (n.as_str(), p.as_path())))
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("folder check: {e}")))?
+            .map_err(|e| Error::InvalidModel(e.to_string()))?;
+            model_info = ModelInfo {
+                architecture: if folder.model_type.is_empty() {
+                    folder.architecture.clone()
+                } else {
+                    folder.model_type.clone()
+                },
+                parameter_count: folder.parameter_count,
+                context_length: folder.context_length,
+                embedding_length: folder.embedding_length,
+                quantization: folder.quantization(),
+                kind: None,
+            };
+            let index = serde_json::to_vec(&manifest::FolderIndex { files: entries.clone() })
+                .map_err(|e| Error::Internal(format!("folder index: {e}")))?;
+            pins.add(Digest::of(&index));
+            let index_digest = layout.write_small(&index)?;
+            infos.retain(|(d, _)| !entries.iter().any(|e| e.digest == *d));
+            infos.push((index_digest, BlobInfo::from(&model_info)));
+            layers.push(Layer {
+                media_type: manifest::FOLDER.into(),
+                digest: index_digest,
+                size: index.len() as u64,
+            });
+            for e in &entries {
+                layers.push(Layer {
+                    media_type: manifest::FOLDER_FILE.into(),
+                    digest: e.digest,
+                    size: e.size,
+                });
+            }
+        }
         Base::Model(canonical, base_shown) => {
             let row = catalog::find(store.db(), canonical).await?.ok_or_else(|| not_found(base_shown))?;
             if row.broken() {
@@ -342,7 +453,7 @@ async fn build(
                 }
                 layers.push(Layer { media_type: l.media_type.clone(), digest: l.digest, size: l.size });
             }
-            let info = row.model_layer().and_then(|l| l.info.clone()).unwrap_or_default();
+            let info = row.weights_layer().and_then(|l| l.info.clone()).unwrap_or_default();
             model_info = ModelInfo {
                 architecture: info.architecture,
                 parameter_count: info.parameter_count,

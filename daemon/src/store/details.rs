@@ -58,7 +58,7 @@ impl Store {
         let parsed = self.parse_name(name)?;
         let shown = parsed.display(self.default_host());
         let row = catalog::find(self.db(), &parsed.canonical()).await?.ok_or_else(|| not_found(&shown))?;
-        let info = row.model_layer().and_then(|l| l.info.clone()).unwrap_or_default();
+        let info = row.weights_layer().and_then(|l| l.info.clone()).unwrap_or_default();
         let mut d = ModelDetails {
             name: shown.clone(),
             digest: row.manifest.to_string(),

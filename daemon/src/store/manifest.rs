@@ -28,6 +28,11 @@ pub const PARAMS: &str = "application/vnd.ollama.image.params";
 pub const LICENSE: &str = "application/vnd.ollama.image.license";
 /// Example messages (JSON array).
 pub const MESSAGES: &str = "application/vnd.ollama.image.messages";
+/// The index of a model stored as a Hugging Face folder ([`FolderIndex`] JSON): served engines
+/// (vLLM, MAX) read it as a directory.
+pub const FOLDER: &str = "application/vnd.hyperllama.model.folder.v1+json";
+/// One file of such a folder (its name is in the index).
+pub const FOLDER_FILE: &str = "application/vnd.hyperllama.model.folder.file";
 
 /// Largest manifest accepted from a registry.
 pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
@@ -43,6 +48,24 @@ pub struct Layer {
     /// The blob.
     pub digest: Digest,
     /// Its size in bytes.
+    pub size: u64,
+}
+
+/// The files of a folder model: their names and blobs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FolderIndex {
+    /// In name order.
+    pub files: Vec<FolderEntry>,
+}
+
+/// One file of a folder model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FolderEntry {
+    /// Its name in the folder (one path component).
+    pub name: String,
+    /// Its blob.
+    pub digest: Digest,
+    /// Its size.
     pub size: u64,
 }
 

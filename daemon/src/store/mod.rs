@@ -67,6 +67,9 @@ pub struct ResolvedModel {
     pub architecture: String,
     /// `<arch>.context_length` of the GGUF.
     pub context_length: u64,
+    /// The files of a model stored as a Hugging Face folder (name, blob), in name order; empty
+    /// for a GGUF model.
+    pub folder: Vec<(String, PathBuf)>,
 }
 
 /// Progress of a pull or create, as Ollama streams it.
@@ -249,13 +252,33 @@ impl Store {
                 "model '{shown}' is broken: {what}; pull it again or remove it with `hyperctl rm {shown}`"
             ))
         };
-        let model = row.model_layer().ok_or_else(|| broken("it has no model layer"))?;
+        let model = row.weights_layer().ok_or_else(|| broken("it has no model layer"))?;
         let model_path = self.layout.blob(&model.digest);
         for layer in &row.layers {
             if !self.layout.has_blob(&layer.digest, layer.size) {
                 return Err(broken(&format!("its file {} is missing or damaged", layer.digest)));
             }
         }
+        let folder = match row.folder_layer() {
+            Some(index) => {
+                let index: manifest::FolderIndex = serde_json::from_slice(&self.read_blob(&index.digest)?)
+                    .map_err(|e| broken(&format!("its folder index is not valid ({e})")))?;
+                let mut files = Vec::with_capacity(index.files.len());
+                for entry in index.files {
+                    // Only files of this manifest, under names the store accepted.
+                    let listed = row
+                        .layers
+                        .iter()
+                        .any(|l| l.digest == entry.digest && l.media_type == manifest::FOLDER_FILE);
+                    if !listed || crate::engine::served::hf::file_kind(&entry.name).is_err() {
+                        return Err(broken(&format!("its folder index names {:?} wrongly", entry.name)));
+                    }
+                    files.push((entry.name, self.layout.blob(&entry.digest)));
+                }
+                files
+            }
+            None => Vec::new(),
+        };
         let info = model.info.clone().unwrap_or_default();
         let text = |media: &str| self.text_layer(&row, media);
         let parameters = match self.layer_bytes(&row, manifest::PARAMS)? {
@@ -294,6 +317,7 @@ impl Store {
             license,
             architecture: info.architecture,
             context_length: info.context_length,
+            folder,
         })
     }
 
