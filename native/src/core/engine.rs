@@ -267,6 +267,19 @@ impl EngineCore {
     ) {
         let vocab = self.vocab_size;
         let seq = self.scheduler.seq_mut(id).expect("scheduled sequences are live");
+        if seq.max_new_tokens == Some(0) {
+            // Prompt evaluation only (warming the prefix cache), as the llama.cpp engine does.
+            let cached_tokens = seq.cached_tokens.unwrap_or(0);
+            self.scheduler.remove(id);
+            events.push(SeqEvent::PromptDone { seq: id, cached_tokens });
+            events.push(SeqEvent::Finished {
+                seq: id,
+                reason: FinishReason::Length,
+                generated: 0,
+                cached_tokens,
+            });
+            return;
+        }
         let logits = row.logits_row.map(|r| self.out.logits_row(r, vocab));
         let (token, logprob) = match (want, logits) {
             (OutputRequest::Argmax, _) => match row.argmax {

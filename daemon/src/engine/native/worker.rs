@@ -202,7 +202,9 @@ pub(super) fn run(
         for live in lives.values_mut() {
             live.out.flush();
         }
-        lives.retain(|_, l| !(l.finished && l.out.is_empty()) && !l.out.is_closed());
+        // Finished and delivered (a closed channel empties its outbox on flush); live requests
+        // whose client left are aborted by the cancellation pass of the next iteration.
+        lives.retain(|_, l| !(l.finished && l.out.is_empty()));
         stats.active.store(core.scheduler().num_seqs(), Ordering::Relaxed);
         if !core.has_work() && !lives.is_empty() {
             // Only slow readers left: wait for them without spinning.

@@ -106,6 +106,20 @@ fn stop_token_ends_and_is_not_counted() {
 }
 
 #[test]
+fn zero_max_tokens_only_evaluates_the_prompt() {
+    let mut c = core(ReferenceExecutor::new(VOCAB, 4, 64, 0), CoreConfig::default());
+    let p = prompt(12, 9);
+    c.add(request(1, 0, p.clone(), 0)).unwrap();
+    let (out, done) = run_to_end(&mut c);
+    assert!(!out.contains_key(&1));
+    assert!(matches!(done[&1], SeqEvent::Finished { reason: FinishReason::Length, generated: 0, .. }));
+    // Its blocks are in the prefix cache for the next request.
+    c.add(request(2, 0, p, 1)).unwrap();
+    let (_, done) = run_to_end(&mut c);
+    assert!(matches!(done[&2], SeqEvent::Finished { cached_tokens: 8, .. }), "{:?}", done[&2]);
+}
+
+#[test]
 fn requests_are_validated() {
     let mut c = core(ReferenceExecutor::new(VOCAB, 4, 8, 0), CoreConfig::default());
     assert!(matches!(c.add(request(1, 0, vec![], 1)), Err(CoreError::InvalidRequest(_))));
