@@ -329,9 +329,17 @@ impl Residency {
                 )));
             }
             None if engine == "llama.cpp" => (request.model_path.clone(), None, None),
+            None if engine == "native" && !request.folder.is_empty() => {
+                return Err(Error::InvalidArgument(format!(
+                    "{} is a Hugging Face folder; the native engine serves GGUF models for now",
+                    request.name
+                )));
+            }
+            // The runner reports a clear error when no GPU/driver is usable.
+            None if engine == "native" => (request.model_path.clone(), None, None),
             None => {
                 return Err(Error::InvalidArgument(format!(
-                    "engine `{engine}` is not available in this version; use llama.cpp, vllm or max"
+                    "engine `{engine}` is not available in this version; use llama.cpp, native, vllm or max"
                 )));
             }
         };
