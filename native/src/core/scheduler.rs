@@ -112,6 +112,8 @@ pub struct Scheduler {
     swapped: VecDeque<SeqId>,
     next_arrival: u64,
     counters: SchedulerCounters,
+    /// Passed over in the last `schedule` (prefix in flight).
+    deferred: Vec<SeqId>,
 }
 
 impl Scheduler {
@@ -128,6 +130,7 @@ impl Scheduler {
             swapped: VecDeque::new(),
             next_arrival: 0,
             counters: SchedulerCounters::default(),
+            deferred: Vec::new(),
         }
     }
 
@@ -211,6 +214,7 @@ impl Scheduler {
     pub fn schedule(&mut self) -> ScheduledStep {
         let mut plan = ScheduledStep::default();
         let mut budget = self.config.max_step_tokens;
+        self.deferred.clear();
 
         let mut i = 0;
         while i < self.running.len() && budget > 0 && plan.batch.seqs.len() < self.config.max_step_sequences {
@@ -274,20 +278,27 @@ impl Scheduler {
 
     /// Admits waiting sequences, oldest first, while blocks and budget allow.
     fn admit_waiting(&mut self, plan: &mut ScheduledStep, budget: &mut usize) {
-        while let Some(&id) = self.waiting.front() {
+        let mut i = 0;
+        while let Some(&id) = self.waiting.get(i) {
             if *budget == 0 || plan.batch.seqs.len() >= self.config.max_step_sequences {
                 return;
             }
             let first = self.seqs[&id].cached_tokens.is_none();
             let hit = self.match_prefix(id);
+            if self.prefix_in_flight(id) {
+                // A running prefill is computing this request's next prefix block: wait for it
+                // rather than compute it twice (a burst of one system prompt is prefilled once).
+                self.unmatch(id);
+                self.deferred.push(id);
+                i += 1;
+                continue;
+            }
             let n = self.chunk_len(id, *budget);
             if !self.reserve(id, n, &mut plan.copies) {
-                let seq = self.seqs.get_mut(&id).expect("live");
-                self.pool.release_table(&mut seq.block_table);
-                seq.num_computed = 0;
+                self.unmatch(id);
                 return;
             }
-            self.waiting.pop_front();
+            self.waiting.remove(i);
             let seq = self.seqs.get_mut(&id).expect("live");
             seq.status = SeqStatus::Running;
             if first {
@@ -298,6 +309,41 @@ impl Scheduler {
             plan.batch.seqs.push(self.step_for(id, n));
             *budget -= n;
         }
+    }
+
+    /// Gives back the prefix blocks a waiting sequence took in [`Self::match_prefix`].
+    fn unmatch(&mut self, id: SeqId) {
+        let seq = self.seqs.get_mut(&id).expect("live");
+        self.pool.release_table(&mut seq.block_table);
+        seq.num_computed = 0;
+        seq.num_registered = 0;
+    }
+
+    /// Whether the first prefix block a waiting sequence missed is being computed right now by
+    /// a running sequence's prompt (same key at the same index, not computed yet).
+    fn prefix_in_flight(&self, id: SeqId) -> bool {
+        if !self.config.prefix_caching {
+            return false;
+        }
+        let seq = &self.seqs[&id];
+        let k = seq.block_table.len();
+        // Only blocks that would be reused: the prompt's full blocks, bar a last one that
+        // holds the final token (which must run anyway).
+        let Some(key) = seq.keys.get(k).filter(|_| (k + 1) * self.config.block_size < seq.tokens.len())
+        else {
+            return false;
+        };
+        let end = (k + 1) * self.config.block_size;
+        self.running.iter().any(|r| {
+            let r = &self.seqs[r];
+            r.num_computed < end && r.keys.get(k) == Some(key)
+        })
+    }
+
+    /// Waiting sequences passed over in the last [`Self::schedule`] because their prefix was
+    /// being computed by a running one.
+    pub fn deferred(&self) -> &[SeqId] {
+        &self.deferred
     }
 
     /// Takes the longest cached prefix of a waiting sequence (whole blocks, at most `len - 1`

@@ -220,6 +220,28 @@ fn concurrent_identical_prompts_share_blocks() {
 }
 
 #[test]
+fn a_burst_of_one_prompt_is_prefilled_once() {
+    let mut c = core(
+        ReferenceExecutor::new(VOCAB, 4, 128, 0),
+        CoreConfig { max_prefill_chunk: 8, ..Default::default() },
+    );
+    let p = prompt(13, 41); // 10 full blocks + 1 token
+    for id in 0..4 {
+        c.add(request(id, 3, p.clone(), 2)).unwrap();
+    }
+    let (out, done) = run_to_end(&mut c);
+    for id in 0..4 {
+        assert_eq!(out[&id], reference_continuation(&p, 2, VOCAB, None));
+    }
+    assert!(matches!(done[&0], SeqEvent::Finished { cached_tokens: 0, .. }));
+    for id in 1..4 {
+        assert!(matches!(done[&id], SeqEvent::Finished { cached_tokens: 40, .. }), "{:?}", done[&id]);
+    }
+    // 41 prompt tokens once, then one token per follower, and one decode each.
+    assert_eq!(c.counters().tokens_fed, 41 + 3 + 4);
+}
+
+#[test]
 fn abort_frees_blocks_at_once() {
     let mut c = core(
         ReferenceExecutor::new(VOCAB, 4, 16, 0),
