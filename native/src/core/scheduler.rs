@@ -294,7 +294,13 @@ impl Scheduler {
                 continue;
             }
             let n = self.chunk_len(id, *budget);
-            if !self.reserve(id, n, &mut plan.copies) {
+            // New work leaves a watermark of free blocks (1% of the pool) for the running
+            // sequences to grow into, so admitting does not force a preemption right away.
+            let (need, cow) = self.blocks_needed(id, n);
+            let watermark = self.config.num_gpu_blocks / 100;
+            if self.pool.num_available() < need + usize::from(cow) + watermark
+                || !self.reserve(id, n, &mut plan.copies)
+            {
                 self.unmatch(id);
                 return;
             }
@@ -384,14 +390,12 @@ impl Scheduler {
     /// changes nothing and returns false.
     fn reserve(&mut self, id: SeqId, n: usize, copies: &mut Vec<BlockCopy>) -> bool {
         let bs = self.config.block_size;
-        let seq = self.seqs.get_mut(&id).expect("live");
-        let need = (seq.num_computed + n).div_ceil(bs).saturating_sub(seq.block_table.len());
-        let first_write = seq.num_computed / bs;
-        let cow =
-            first_write < seq.block_table.len() && self.pool.ref_count(seq.block_table[first_write]) > 1;
+        let (need, cow) = self.blocks_needed(id, n);
         if self.pool.num_available() < need + usize::from(cow) {
             return false;
         }
+        let seq = self.seqs.get_mut(&id).expect("live");
+        let first_write = seq.num_computed / bs;
         if first_write < seq.block_table.len() {
             self.counters.cow_copies += u64::from(cow);
             let ok = self.pool.make_writable(&mut seq.block_table, first_write, copies);
@@ -403,6 +407,18 @@ impl Scheduler {
         let fresh = self.pool.allocate_n(need).expect("counted");
         seq.block_table.extend(fresh);
         true
+    }
+
+    /// New blocks for positions `num_computed..num_computed + n`, and whether the first one
+    /// written must be copied first.
+    fn blocks_needed(&self, id: SeqId, n: usize) -> (usize, bool) {
+        let bs = self.config.block_size;
+        let seq = &self.seqs[&id];
+        let need = (seq.num_computed + n).div_ceil(bs).saturating_sub(seq.block_table.len());
+        let first_write = seq.num_computed / bs;
+        let cow =
+            first_write < seq.block_table.len() && self.pool.ref_count(seq.block_table[first_write]) > 1;
+        (need, cow)
     }
 
     fn step_for(&self, id: SeqId, n: usize) -> SeqStep {

@@ -190,3 +190,20 @@ fn property_fairness_and_progress() {
         assert_eq!(s.pool().num_available(), s.pool().num_blocks(), "seed {seed}");
     }
 }
+
+#[test]
+fn admission_leaves_a_watermark_for_running_sequences() {
+    let mut c = config(100, 0, PreemptionMode::Recompute);
+    c.max_step_tokens = 1000;
+    c.max_prefill_chunk = 1000;
+    let mut s = Scheduler::new(c);
+    s.add(request(0, 4 * 99 - 2)); // 99 blocks, room left in the last one
+    let plan = s.schedule();
+    apply(&mut s, &plan);
+    assert_eq!(s.pool().num_available(), 1);
+    // One block is free, but it is the watermark (1% of 100): the newcomer waits.
+    s.add(request(1, 3));
+    let plan = s.schedule();
+    assert_eq!(plan.batch.seqs.iter().map(|x| x.seq_id).collect::<Vec<_>>(), vec![0]);
+    assert_eq!(s.queue_lengths(), (1, 1, 0));
+}
