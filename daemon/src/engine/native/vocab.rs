@@ -91,3 +91,52 @@ impl Vocabulary for LlamaVocabulary {
         usize::try_from(self.model.vocab().n_tokens()).unwrap_or(0)
     }
 }
+
+#[cfg(test)]
+#[path = "../../../../tests/support/tiny_model.rs"]
+#[allow(dead_code)]
+mod tiny_model;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Engine;
+    use crate::engine::llamacpp::{LlamaCppConfig, LlamaCppEngine};
+
+    /// The native engine's tokenizer is llama.cpp's: same ids as the llama.cpp engine, pieces
+    /// that reassemble the text, the GGUF's end-of-generation token.
+    #[test]
+    fn tokenizes_as_the_llama_cpp_engine() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.gguf");
+        tiny_model::write_tiny_llama(&path, &tiny_model::TinyModelSpec::default()).unwrap();
+        let vocab = LlamaVocabulary::load(&path).unwrap();
+        let mut config = LlamaCppConfig::new(&path);
+        config.n_ctx = 256;
+        config.n_parallel = 1;
+        config.n_threads = 1;
+        let llama = LlamaCppEngine::load(config).unwrap();
+        for text in ["hello world", "héllo ünïcode 🦙 <|eos|> tail", "  spaces\nand lines "] {
+            for add_special in [true, false] {
+                let ours: Vec<i32> =
+                    vocab.tokenize(text, add_special).into_iter().map(|t| t as i32).collect();
+                assert_eq!(ours, llama.tokenize(text, add_special).unwrap(), "{text:?}");
+            }
+        }
+        let text = "héllo ünïcode 🦙 and more";
+        let mut bytes = Vec::new();
+        for t in vocab.tokenize(text, false) {
+            vocab.piece(t, &mut bytes);
+        }
+        assert_eq!(String::from_utf8(bytes).unwrap(), text);
+        let eos = vocab.tokenize("<|eos|>", false);
+        assert_eq!(eos.len(), 1);
+        assert!(vocab.eog_tokens().contains(&eos[0]));
+        let mut piece = Vec::new();
+        vocab.piece(eos[0], &mut piece);
+        assert!(piece.is_empty(), "control tokens render as nothing");
+        assert_eq!(vocab.special_tokens().eos, "<|eos|>");
+        assert!(vocab.n_tokens() > 256);
+        assert!(LlamaVocabulary::load(&dir.path().join("missing.gguf")).is_err());
+    }
+}
