@@ -70,6 +70,9 @@ pub fn launch(max: &Path, config: &ServerConfig, info: &FolderInfo, port: u16, m
         args.push("--weight-path".into());
         args.push(config.model_dir.join(gguf).into_os_string());
     }
+    // Without it MAX builds a sampler that ignores repetition, presence and frequency penalties
+    // (Ollama's repeat_penalty is on by default); with it, greedy text matches vLLM's.
+    args.push("--enable-penalties".into());
     let mut flag = |name: &str, value: String| {
         args.push(name.into());
         args.push(value.into());
