@@ -36,6 +36,8 @@ pub struct Merged {
     pub max_tokens: Option<u32>,
     /// num_ctx.
     pub num_ctx: Option<u32>,
+    /// Report each piece's log-probability.
+    pub logprobs: bool,
 }
 
 /// Modelfile PARAMETERs first, then the request's options on top (Ollama's precedence).
@@ -94,6 +96,7 @@ pub fn merge_options(parameters: &[(String, String)], options: Option<&pb::Optio
         if let Some(v) = o.num_ctx {
             m.num_ctx = u32::try_from(v).ok().filter(|n| *n > 0);
         }
+        m.logprobs = o.logprobs;
     }
     m.max_tokens = num_predict.and_then(|n| u32::try_from(n).ok());
     Ok(m)
@@ -221,8 +224,8 @@ async fn drive<T: Send + 'static>(
         };
         match event {
             None | Some(EngineEvent::PromptDone { .. }) => {}
-            Some(EngineEvent::Text { text, .. }) => {
-                if tx.send(Ok(emit(Out::Text(text)))).await.is_err() {
+            Some(EngineEvent::Text { text, logprob }) => {
+                if tx.send(Ok(emit(Out::Text(text, logprob)))).await.is_err() {
                     break;
                 }
             }
@@ -279,8 +282,12 @@ fn request_id(kind: &str) -> String {
 
 /// What `drive` hands to the RPC-specific mapping.
 enum Out {
-    Text(String),
-    Done { reason: String, stats: pb::Stats },
+    /// A piece of text and, when asked for, its log-probability.
+    Text(String, Option<f32>),
+    Done {
+        reason: String,
+        stats: pb::Stats,
+    },
 }
 
 fn spawn_stream<T: Send + 'static>(
@@ -305,7 +312,7 @@ fn engine_request(kind: &str, uid: u32, prompt: Prompt, merged: Merged, format: 
         max_tokens: merged.max_tokens,
         num_ctx: merged.num_ctx,
         format: format_of(format),
-        logprobs: false,
+        logprobs: merged.logprobs,
     }
 }
 
@@ -398,7 +405,7 @@ pub fn generate(
         });
     let job = Job { who, model, keep_alive, build };
     spawn_stream(shared, job, guard, |out| match out {
-        Out::Text(response) => pb::GenerateResponse { response, ..Default::default() },
+        Out::Text(response, logprob) => pb::GenerateResponse { response, logprob, ..Default::default() },
         Out::Done { reason, stats } => {
             pb::GenerateResponse { done: true, done_reason: reason, stats: Some(stats), ..Default::default() }
         }
@@ -447,8 +454,9 @@ pub fn chat(
         });
     let job = Job { who, model, keep_alive, build };
     spawn_stream(shared, job, guard, |out| match out {
-        Out::Text(content) => pb::ChatResponse {
+        Out::Text(content, logprob) => pb::ChatResponse {
             message: Some(pb::Message { role: "assistant".into(), content, ..Default::default() }),
+            logprob,
             ..Default::default()
         },
         Out::Done { reason, stats } => pb::ChatResponse {
@@ -456,6 +464,7 @@ pub fn chat(
             done: true,
             done_reason: reason,
             stats: Some(stats),
+            logprob: None,
         },
     })
 }

@@ -167,3 +167,21 @@ def test_blob_upload_checks_the_digest(admin):
     assert admin._client.head(f"/api/blobs/{wrong}").status_code == 404
     bad = admin._client.head("/api/blobs/sha256:../../etc/passwd")
     assert bad.status_code in (400, 404)
+
+
+def test_logprobs_of_generate_and_chat(client):
+    whole = client.generate(model=MODEL, prompt="Once upon a time", options=GREEDY, logprobs=True)
+    assert whole.logprobs, "logprobs were asked for"
+    assert "".join(lp.token for lp in whole.logprobs) == whole.response
+    assert all(lp.logprob <= 0.0 for lp in whole.logprobs)
+    parts = list(client.generate(model=MODEL, prompt="Once upon a time", options=GREEDY, stream=True, logprobs=True))
+    streamed = [lp for p in parts for lp in (p.logprobs or [])]
+    assert [lp.token for lp in streamed] == [lp.token for lp in whole.logprobs]
+    # The second request reuses the first one's prompt KV, which moves the last digits.
+    assert [lp.logprob for lp in streamed] == pytest.approx([lp.logprob for lp in whole.logprobs], abs=1e-2)
+    assert client.generate(model=MODEL, prompt="Once upon a time", options=GREEDY).logprobs is None
+    chat = client.chat(model=MODEL, messages=[{"role": "user", "content": "Hi"}], options=GREEDY, logprobs=True)
+    assert chat.logprobs and "".join(lp.token for lp in chat.logprobs) == chat.message.content
+    with pytest.raises(ollama.ResponseError) as e:
+        client.generate(model=MODEL, prompt="x", options=GREEDY, logprobs=True, top_logprobs=3)
+    assert e.value.status_code == 400 and "top_logprobs" in str(e.value)

@@ -106,3 +106,30 @@ def test_errors_have_openais_shape(oai):
     with pytest.raises(openai.BadRequestError) as e:
         oai.chat.completions.create(model=MODEL, messages=MESSAGES, n=2)
     assert e.value.param == "n"
+
+
+def test_chat_logprobs(oai):
+    r = oai.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, temperature=0, logprobs=True)
+    content = r.choices[0].logprobs.content
+    assert content and "".join(e.token for e in content) == r.choices[0].message.content
+    assert all(e.logprob <= 0.0 and bytes(e.bytes) == e.token.encode() for e in content)
+    chunks = list(oai.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=5, temperature=0,
+                                              logprobs=True, stream=True))
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    # The second request reuses the first one's prompt KV, which moves the last digits.
+    assert [e.logprob for e in streamed] == pytest.approx([e.logprob for e in content], abs=1e-2)
+    plain = oai.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=2, temperature=0)
+    assert plain.choices[0].logprobs is None
+    with pytest.raises(openai.BadRequestError) as e:
+        oai.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=2, logprobs=True, top_logprobs=2)
+    assert "top_logprobs" in str(e.value)
+
+
+def test_completion_logprobs(oai):
+    r = oai.completions.create(model=MODEL, prompt="The sky is", max_tokens=4, temperature=0, logprobs=0)
+    lp = r.choices[0].logprobs
+    assert "".join(lp.tokens) == r.choices[0].text
+    assert len(lp.token_logprobs) == len(lp.tokens) and all(v <= 0.0 for v in lp.token_logprobs)
+    assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
+    with pytest.raises(openai.BadRequestError):
+        oai.completions.create(model=MODEL, prompt="The sky is", max_tokens=4, logprobs=3)

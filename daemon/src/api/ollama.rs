@@ -182,6 +182,8 @@ pub enum Event {
         text: String,
         /// Reasoning text, for thinking models.
         thinking: String,
+        /// Log-probability of `text`, when the request asked for them.
+        logprob: Option<f32>,
     },
     /// The end.
     Done {
@@ -197,7 +199,7 @@ impl From<pb::GenerateResponse> for Event {
         if r.done {
             Event::Done { reason: r.done_reason, stats: r.stats.unwrap_or_default() }
         } else {
-            Event::Text { text: r.response, thinking: r.thinking }
+            Event::Text { text: r.response, thinking: r.thinking, logprob: r.logprob }
         }
     }
 }
@@ -208,9 +210,36 @@ impl From<pb::ChatResponse> for Event {
             Event::Done { reason: r.done_reason, stats: r.stats.unwrap_or_default() }
         } else {
             let m = r.message.unwrap_or_default();
-            Event::Text { text: m.content, thinking: m.thinking }
+            Event::Text { text: m.content, thinking: m.thinking, logprob: r.logprob }
         }
     }
+}
+
+/// One log-probability entry, in the shape both Ollama (`logprobs`) and OpenAI chat
+/// (`logprobs.content`) use. An entry covers one emitted piece: usually one token, several when a
+/// held-back partial stop string was released at once (their log-probabilities summed).
+pub fn logprob_entry(text: &str, logprob: f32) -> Value {
+    json!({"token": text, "logprob": logprob, "bytes": text.as_bytes(), "top_logprobs": []})
+}
+
+/// Alternatives to the chosen tokens are not computed; asking for them is an error rather than
+/// an empty list that looks like an answer.
+pub fn no_top_logprobs(name: &str, value: Option<u32>) -> Result<(), ApiError> {
+    match value {
+        Some(n) if n > 0 => Err(ApiError::bad_param(
+            name,
+            format!("{name} {n} is not supported: only the chosen tokens' log-probabilities are reported"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Sets `logprobs` on the merged request options.
+pub fn with_logprobs(options: Option<pb::Options>, logprobs: bool) -> Option<pb::Options> {
+    if !logprobs {
+        return options;
+    }
+    Some(pb::Options { logprobs: true, ..options.unwrap_or_default() })
 }
 
 /// A started generation: its events, metered.
@@ -303,6 +332,9 @@ struct GenerateBody {
     stream: Option<bool>,
     keep_alive: Option<Value>,
     think: Option<Value>,
+    #[serde(default)]
+    logprobs: bool,
+    top_logprobs: Option<u32>,
     /// Deprecated conversation state; not used (prefix caching does its job).
     #[serde(default, rename = "context")]
     _context: Option<Value>,
@@ -333,6 +365,8 @@ pub async fn generate(
         );
     }
     let think = think_checked(&api, &model, body.think.as_ref()).await?;
+    no_top_logprobs("top_logprobs", body.top_logprobs)?;
+    let logprobs = body.logprobs;
     let request = pb::GenerateRequest {
         model: model.clone(),
         prompt: body.prompt,
@@ -340,7 +374,7 @@ pub async fn generate(
         template: body.template,
         raw: body.raw,
         format: format(body.format.as_ref())?,
-        options: options(body.options.as_ref())?,
+        options: with_logprobs(options(body.options.as_ref())?, logprobs),
         keep_alive_seconds: keep_alive,
         think,
         images: Vec::new(),
@@ -352,15 +386,22 @@ pub async fn generate(
     let events = start(stream, &super::model_label(&api, &model), user.as_deref(), started).await?;
     if body.stream.unwrap_or(true) {
         return Ok(ndjson(events.map(move |event| match event {
-            Ok(Event::Text { text, thinking }) => generate_line(&model, text, thinking),
+            Ok(Event::Text { text, thinking, logprob }) => {
+                let mut line = generate_line(&model, text.clone(), thinking);
+                if let Some(lp) = logprob {
+                    line["logprobs"] = json!([logprob_entry(&text, lp)]);
+                }
+                line
+            }
             Ok(Event::Done { reason, stats }) => {
-                generate_done(&model, reason, &stats, String::new(), String::new())
+                let done = Reply { reason, stats, ..Reply::default() };
+                generate_done(&model, done, false)
             }
             Err(e) => e.stream_body(super::error::Dialect::Ollama),
         })));
     }
-    let (text, thinking, reason, stats) = collect(events).await?;
-    Ok(axum::Json(generate_done(&model, reason, &stats, text, thinking)).into_response())
+    let reply = collect(events).await?;
+    Ok(axum::Json(generate_done(&model, reply, logprobs)).into_response())
 }
 
 fn generate_line(model: &str, text: String, thinking: String) -> Value {
@@ -371,30 +412,59 @@ fn generate_line(model: &str, text: String, thinking: String) -> Value {
     out
 }
 
-fn generate_done(model: &str, reason: String, stats: &pb::Stats, text: String, thinking: String) -> Value {
+/// The last line (or the whole non-streamed answer) of a generation.
+fn generate_done(model: &str, reply: Reply, logprobs: bool) -> Value {
     let mut out = serde_json::Map::new();
     out.insert("model".into(), json!(model));
     out.insert("created_at".into(), json!(now_rfc3339()));
-    out.insert("response".into(), json!(text));
-    if !thinking.is_empty() {
-        out.insert("thinking".into(), json!(thinking));
+    out.insert("response".into(), json!(reply.text));
+    if !reply.thinking.is_empty() {
+        out.insert("thinking".into(), json!(reply.thinking));
+    }
+    if logprobs {
+        out.insert("logprobs".into(), Value::Array(reply.logprob_entries()));
     }
     out.insert("done".into(), json!(true));
-    out.insert("done_reason".into(), json!(reason));
-    stats_fields(&mut out, stats);
+    out.insert("done_reason".into(), json!(reply.reason));
+    stats_fields(&mut out, &reply.stats);
     Value::Object(out)
 }
 
+/// A whole (non-streamed) reply.
+#[derive(Debug, Default)]
+pub struct Reply {
+    /// The text.
+    pub text: String,
+    /// Reasoning text.
+    pub thinking: String,
+    /// "stop", "length", ...
+    pub reason: String,
+    /// Counts and timings.
+    pub stats: pb::Stats,
+    /// Each piece with its log-probability, when asked for.
+    pub logprobs: Vec<(String, f32)>,
+}
+
+impl Reply {
+    /// The pieces as [`logprob_entry`] values.
+    pub fn logprob_entries(&self) -> Vec<Value> {
+        self.logprobs.iter().map(|(text, lp)| logprob_entry(text, *lp)).collect()
+    }
+}
+
 /// Gathers a whole reply.
-pub async fn collect(mut events: Events) -> Result<(String, String, String, pb::Stats), ApiError> {
-    let (mut text, mut thinking) = (String::new(), String::new());
+pub async fn collect(mut events: Events) -> Result<Reply, ApiError> {
+    let mut reply = Reply::default();
     while let Some(event) = events.next().await {
         match event? {
-            Event::Text { text: t, thinking: th } => {
-                text.push_str(&t);
-                thinking.push_str(&th);
+            Event::Text { text, thinking, logprob } => {
+                if let Some(lp) = logprob {
+                    reply.logprobs.push((text.clone(), lp));
+                }
+                reply.text.push_str(&text);
+                reply.thinking.push_str(&thinking);
             }
-            Event::Done { reason, stats } => return Ok((text, thinking, reason, stats)),
+            Event::Done { reason, stats } => return Ok(Reply { reason, stats, ..reply }),
         }
     }
     Err(ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "the request ended early"))
@@ -450,6 +520,9 @@ struct ChatBody {
     stream: Option<bool>,
     keep_alive: Option<Value>,
     think: Option<Value>,
+    #[serde(default)]
+    logprobs: bool,
+    top_logprobs: Option<u32>,
 }
 
 /// `POST /api/chat`.
@@ -492,11 +565,13 @@ pub async fn chat(
     let tools_json = tools_json(body.tools.as_ref())?;
     let has_tools = !tools_json.is_empty();
     let think = think_checked(&api, &model, body.think.as_ref()).await?;
+    no_top_logprobs("top_logprobs", body.top_logprobs)?;
+    let logprobs = body.logprobs;
     let request = pb::ChatRequest {
         model: model.clone(),
         messages,
         format: format(body.format.as_ref())?,
-        options: options(body.options.as_ref())?,
+        options: with_logprobs(options(body.options.as_ref())?, logprobs),
         keep_alive_seconds: keep_alive,
         think,
         tools_json,
@@ -507,21 +582,34 @@ pub async fn chat(
     let events = start(stream, &super::model_label(&api, &model), user.as_deref(), started).await?;
     if body.stream.unwrap_or(true) {
         let mut sniffer = ToolSniffer::new(has_tools);
+        // Entries of text the tool sniffer still holds ride on the line that releases it.
+        let mut pending: Vec<Value> = Vec::new();
         let lines = events.flat_map(move |event| {
+            let attach = |mut line: Value, pending: &mut Vec<Value>| {
+                if logprobs {
+                    line["logprobs"] = Value::Array(std::mem::take(pending));
+                }
+                line
+            };
             let out: Vec<Value> = match event {
-                Ok(Event::Text { text, thinking }) => {
+                Ok(Event::Text { text, thinking, logprob }) => {
+                    if let Some(lp) = logprob {
+                        pending.push(logprob_entry(&text, lp));
+                    }
                     let text = sniffer.push(&text);
                     if text.is_empty() && thinking.is_empty() {
                         Vec::new()
                     } else {
-                        vec![chat_line(&model, &text, &thinking, None)]
+                        vec![attach(chat_line(&model, &text, &thinking, None), &mut pending)]
                     }
                 }
                 Ok(Event::Done { reason, stats }) => {
                     let mut out = Vec::new();
                     match sniffer.finish() {
-                        Ok(calls) => out.push(chat_line(&model, "", "", Some(&calls))),
-                        Err(held) if !held.is_empty() => out.push(chat_line(&model, &held, "", None)),
+                        Ok(calls) => out.push(attach(chat_line(&model, "", "", Some(&calls)), &mut pending)),
+                        Err(held) if !held.is_empty() => {
+                            out.push(attach(chat_line(&model, &held, "", None), &mut pending));
+                        }
                         Err(_) => {}
                     }
                     out.push(chat_done(&model, "", "", None, reason, &stats));
@@ -533,10 +621,15 @@ pub async fn chat(
         });
         return Ok(ndjson(lines));
     }
-    let (text, thinking, reason, stats) = collect(events).await?;
-    let calls = if has_tools { super::tools::parse(&text) } else { None };
-    let text = if calls.is_some() { "" } else { text.as_str() };
-    Ok(axum::Json(chat_done(&model, text, &thinking, calls.as_deref(), reason, &stats)).into_response())
+    let reply = collect(events).await?;
+    let entries = reply.logprob_entries();
+    let calls = if has_tools { super::tools::parse(&reply.text) } else { None };
+    let text = if calls.is_some() { "" } else { reply.text.as_str() };
+    let mut done = chat_done(&model, text, &reply.thinking, calls.as_deref(), reply.reason, &reply.stats);
+    if logprobs {
+        done["logprobs"] = Value::Array(entries);
+    }
+    Ok(axum::Json(done).into_response())
 }
 
 /// Tools as the template wants them (a JSON array), validated.

@@ -22,7 +22,9 @@ use serde_json::{Value, json};
 
 use super::auth::Caller;
 use super::error::{ApiError, Dialect, OpenAiError};
-use super::ollama::{Event, collect, run_embed, start, tools_json};
+use super::ollama::{
+    Event, Reply, collect, logprob_entry, no_top_logprobs, run_embed, start, tools_json, with_logprobs,
+};
 use super::stream::{Sse, json_body, sse, unix_now};
 use super::tools::{ToolCall, ToolSniffer};
 use super::{Api, metrics_user};
@@ -164,6 +166,7 @@ struct ChatBody {
     tool_choice: Option<Value>,
     #[serde(default)]
     logprobs: Option<bool>,
+    top_logprobs: Option<u32>,
 }
 
 /// Text and images of an OpenAI message's content (a string or an array of parts).
@@ -268,14 +271,13 @@ pub async fn chat_completions(
     };
     let tools_json = tools_json(tools)?;
     let has_tools = !tools_json.is_empty();
-    if body.logprobs == Some(true) {
-        tracing::debug!("logprobs requested; this engine does not report them yet");
-    }
+    let logprobs = body.logprobs == Some(true);
+    no_top_logprobs("top_logprobs", body.top_logprobs)?;
     let request = pb::ChatRequest {
         model: body.model.clone(),
         messages,
         format: response_format(body.response_format.as_ref())?,
-        options: Some(body.sampling.options()?),
+        options: with_logprobs(Some(body.sampling.options()?), logprobs),
         keep_alive_seconds: None,
         think: None,
         tools_json,
@@ -288,11 +290,18 @@ pub async fn chat_completions(
     if body.stream {
         let include_usage = body.stream_options.is_some_and(|o| o.include_usage);
         let mut sniffer = ToolSniffer::new(has_tools);
-        let chunk = move |delta: Value, finish: Option<&str>| {
+        // Entries of text the tool sniffer still holds ride on the chunk that releases it.
+        let mut pending: Vec<Value> = Vec::new();
+        let chunk = move |delta: Value, finish: Option<&str>, entries: &mut Vec<Value>| {
+            let lp = if logprobs && finish.is_none() {
+                json!({"content": std::mem::take(entries)})
+            } else {
+                Value::Null
+            };
             let mut c = json!({
                 "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
                 "system_fingerprint": FINGERPRINT,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null}],
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": lp}],
             });
             if include_usage {
                 c["usage"] = Value::Null;
@@ -306,14 +315,17 @@ pub async fn chat_completions(
                 return futures::stream::iter(out);
             }
             match event {
-                Ok(Event::Text { text, thinking }) => {
+                Ok(Event::Text { text, thinking, logprob }) => {
+                    if let Some(lp) = logprob {
+                        pending.push(logprob_entry(&text, lp));
+                    }
                     let text = sniffer.push(&text);
                     if !text.is_empty() || !thinking.is_empty() {
                         let mut delta = json!({"role": "assistant", "content": text});
                         if !thinking.is_empty() {
                             delta["reasoning"] = json!(thinking);
                         }
-                        out.push(Sse::Data(chunk(delta, None)));
+                        out.push(Sse::Data(chunk(delta, None, &mut pending)));
                     }
                 }
                 Ok(Event::Done { reason, stats }) => {
@@ -329,6 +341,7 @@ pub async fn chat_completions(
                             out.push(Sse::Data(chunk(
                                 json!({"role": "assistant", "tool_calls": values}),
                                 None,
+                                &mut pending,
                             )));
                             true
                         }
@@ -337,14 +350,15 @@ pub async fn chat_completions(
                                 out.push(Sse::Data(chunk(
                                     json!({"role": "assistant", "content": held}),
                                     None,
+                                    &mut pending,
                                 )));
                             }
                             false
                         }
                     };
-                    out.push(Sse::Data(chunk(json!({}), Some(finish_reason(&reason, calls)))));
+                    out.push(Sse::Data(chunk(json!({}), Some(finish_reason(&reason, calls)), &mut pending)));
                     if include_usage {
-                        let mut last = chunk(json!({}), None);
+                        let mut last = chunk(json!({}), None, &mut Vec::new());
                         last["choices"] = json!([]);
                         last["usage"] = usage(&stats);
                         out.push(Sse::Data(last));
@@ -360,13 +374,16 @@ pub async fn chat_completions(
         });
         return Ok(sse(events));
     }
-    let (text, thinking, reason, stats) = collect(events).await?;
+    let reply = collect(events).await?;
+    let entries = reply.logprob_entries();
+    let Reply { text, thinking, reason, stats, .. } = reply;
     let calls: Option<Vec<ToolCall>> = if has_tools { super::tools::parse(&text) } else { None };
     let mut message =
         json!({"role": "assistant", "content": if calls.is_some() { Value::Null } else { json!(text) }});
     if !thinking.is_empty() {
         message["reasoning"] = json!(thinking);
     }
+    let lp = if logprobs { json!({"content": entries}) } else { Value::Null };
     if let Some(calls) = &calls {
         let call_id = new_id("call");
         message["tool_calls"] = Value::Array(
@@ -376,7 +393,7 @@ pub async fn chat_completions(
     Ok(axum::Json(json!({
         "id": id, "object": "chat.completion", "created": created, "model": model,
         "system_fingerprint": FINGERPRINT,
-        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(&reason, calls.is_some()), "logprobs": null}],
+        "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(&reason, calls.is_some()), "logprobs": lp}],
         "usage": usage(&stats),
     }))
     .into_response())
@@ -399,6 +416,22 @@ struct CompletionBody {
     sampling: Sampling,
     #[serde(default)]
     echo: bool,
+    /// Legacy: the number of alternatives per position; 0 reports the chosen tokens only.
+    logprobs: Option<u32>,
+}
+
+/// The legacy completions `logprobs` object for some pieces of text starting at `offset`.
+fn completion_logprobs(entries: &[(String, f32)], mut offset: usize) -> Value {
+    let mut tokens = Vec::with_capacity(entries.len());
+    let mut values = Vec::with_capacity(entries.len());
+    let mut offsets = Vec::with_capacity(entries.len());
+    for (text, lp) in entries {
+        tokens.push(json!(text));
+        values.push(json!(lp));
+        offsets.push(json!(offset));
+        offset += text.chars().count();
+    }
+    json!({"tokens": tokens, "token_logprobs": values, "top_logprobs": null, "text_offset": offsets})
 }
 
 /// `POST /v1/completions`.
@@ -421,10 +454,21 @@ pub async fn completions(
             );
         }
     };
+    if body.logprobs.is_some_and(|n| n > 0) {
+        no_top_logprobs("logprobs", body.logprobs)?;
+    }
+    let logprobs = body.logprobs.is_some();
+    if logprobs && body.echo {
+        return Err(ApiError::bad_param(
+            "logprobs",
+            "logprobs with echo is not supported: prompt tokens' log-probabilities are not computed",
+        )
+        .into());
+    }
     let request = pb::GenerateRequest {
         model: body.model.clone(),
         prompt: prompt.clone(),
-        options: Some(body.sampling.options()?),
+        options: with_logprobs(Some(body.sampling.options()?), logprobs),
         suffix: body.suffix.unwrap_or_default(),
         ..Default::default()
     };
@@ -436,11 +480,11 @@ pub async fn completions(
     let echo = if body.echo { prompt } else { String::new() };
     if body.stream {
         let include_usage = body.stream_options.is_some_and(|o| o.include_usage);
-        let chunk = move |text: &str, finish: Option<&str>| {
+        let chunk = move |text: &str, finish: Option<&str>, lp: Value| {
             let mut c = json!({
                 "id": id, "object": "text_completion", "created": created, "model": model,
                 "system_fingerprint": FINGERPRINT,
-                "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}],
+                "choices": [{"text": text, "index": 0, "logprobs": lp, "finish_reason": finish}],
             });
             if include_usage {
                 c["usage"] = Value::Null;
@@ -449,21 +493,29 @@ pub async fn completions(
         };
         let mut echo = Some(echo).filter(|e| !e.is_empty());
         let mut ended = false;
+        let mut offset = 0;
         let events = events.flat_map(move |event| {
             let mut out = Vec::new();
             if ended {
                 return futures::stream::iter(out);
             }
             if let Some(e) = echo.take() {
-                out.push(Sse::Data(chunk(&e, None)));
+                out.push(Sse::Data(chunk(&e, None, Value::Null)));
             }
             match event {
-                Ok(Event::Text { text, .. }) => out.push(Sse::Data(chunk(&text, None))),
+                Ok(Event::Text { text, logprob, .. }) => {
+                    let lp = match logprob {
+                        Some(lp) if logprobs => completion_logprobs(&[(text.clone(), lp)], offset),
+                        _ => Value::Null,
+                    };
+                    offset += text.chars().count();
+                    out.push(Sse::Data(chunk(&text, None, lp)));
+                }
                 Ok(Event::Done { reason, stats }) => {
                     ended = true;
-                    out.push(Sse::Data(chunk("", Some(finish_reason(&reason, false)))));
+                    out.push(Sse::Data(chunk("", Some(finish_reason(&reason, false)), Value::Null)));
                     if include_usage {
-                        let mut last = chunk("", None);
+                        let mut last = chunk("", None, Value::Null);
                         last["choices"] = json!([]);
                         last["usage"] = usage(&stats);
                         out.push(Sse::Data(last));
@@ -479,11 +531,13 @@ pub async fn completions(
         });
         return Ok(sse(events));
     }
-    let (text, _thinking, reason, stats) = collect(events).await?;
+    let reply = collect(events).await?;
+    let lp = if logprobs { completion_logprobs(&reply.logprobs, 0) } else { Value::Null };
+    let (text, reason, stats) = (reply.text, reply.reason, reply.stats);
     Ok(axum::Json(json!({
         "id": id, "object": "text_completion", "created": created, "model": model,
         "system_fingerprint": FINGERPRINT,
-        "choices": [{"text": format!("{echo}{text}"), "index": 0, "logprobs": null, "finish_reason": finish_reason(&reason, false)}],
+        "choices": [{"text": format!("{echo}{text}"), "index": 0, "logprobs": lp, "finish_reason": finish_reason(&reason, false)}],
         "usage": usage(&stats),
     }))
     .into_response())
