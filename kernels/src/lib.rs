@@ -44,7 +44,7 @@ pub use family::KernelFamily;
 pub use gpu::Gpu;
 pub use graph::StepGraph;
 pub use llama_ops::{
-    AttentionScratch, DECODE_ROWS_PER_WARP, DeviceWeight, GEMV_MAX_TOKENS, KvWrite, PagedAttention, Rope,
+    AttentionScratch, DeviceWeight, GEMV_MAX_TOKENS, KvWrite, PagedAttention, Rope, decode_gemv_variant,
 };
 pub use nvrtc::{ImageKind, NVRTC_PATH_ENV, nvrtc_info};
 pub use rmsnorm::{

@@ -25,8 +25,14 @@ pub struct DeviceWeight {
     pub cols: usize,
 }
 
-/// Rows per warp of the batch-1 GEMV that [`Gpu::gemv`] uses for one token.
-pub const DECODE_ROWS_PER_WARP: usize = 4;
+/// The batch-1 GEMV variant [`Gpu::gemv`] uses for one token of a `ty` matrix (see
+/// [`Gpu::gemv_variant`]): the fastest on an H100 for the Llama-8B shapes (notes/kernels.md).
+pub fn decode_gemv_variant(ty: WeightType) -> &'static str {
+    match ty {
+        WeightType::Q8_0 => "k4",
+        _ => "c2",
+    }
+}
 
 /// Tokens per GEMV launch (the kernel keeps one accumulator per token in registers).
 pub const GEMV_MAX_TOKENS: usize = 8;
@@ -221,7 +227,7 @@ impl Gpu {
         need("x", x.len(), n * w.cols)?;
         need("y", y.len(), n * w.rows)?;
         if n == 1 {
-            return self.gemv_rows(w, x, y, DECODE_ROWS_PER_WARP);
+            return self.gemv_variant(w, x, y, decode_gemv_variant(w.ty));
         }
         let mut t0 = 0;
         while t0 < n {
@@ -234,30 +240,65 @@ impl Gpu {
         Ok(())
     }
 
-    /// Batch-1 GEMV with `rows_per_warp` (1, 2 or 4) rows per warp: `y = w x`.
-    pub fn gemv_rows(
+    /// Batch-1 GEMV `y = w x` with an explicit kernel variant: `n1`, `r2`, `r4` (1, 2 or 4 rows
+    /// per warp), `k1`, `k2`, `k4` (1, 2 or 4 rows per block, columns split over 4 warps) or
+    /// `c2`, `c4` (2 or 4 rows per warp, coalesced 16-byte segments).
+    pub fn gemv_variant(
         &self,
         w: &DeviceWeight,
         x: &CudaSlice<f32>,
         y: &mut CudaSlice<f32>,
-        rows_per_warp: usize,
+        variant: &str,
     ) -> Result<(), KernelError> {
         need("x", x.len(), w.cols)?;
         need("y", y.len(), w.rows)?;
-        let name = match rows_per_warp {
-            1 => format!("gemv_{}_n1", w.ty.suffix()),
-            2 | 4 => format!("gemv_{}_r{rows_per_warp}", w.ty.suffix()),
-            r => return invalid(format!("{r} rows per warp (1, 2 or 4)")),
+        let threads_for_rows = match variant {
+            "n1" => w.rows * 32,
+            "r2" => w.rows.div_ceil(2) * 32,
+            "r4" => w.rows.div_ceil(4) * 32,
+            "k1" => w.rows * 128,
+            "k2" => w.rows.div_ceil(2) * 128,
+            "k4" => w.rows.div_ceil(4) * 128,
+            "c2" => w.rows.div_ceil(2) * 32,
+            "c4" => w.rows.div_ceil(4) * 32,
+            v => return invalid(format!("GEMV variant {v} (n1, r2, r4, k1, k2, k4, c2, c4)")),
         };
-        let func = self.function(KernelFamily::Llama, &name)?;
+        let func = self.function(KernelFamily::Llama, &format!("gemv_{}_{variant}", w.ty.suffix()))?;
         let (rows, cols, n_i) = (i32_of("rows", w.rows)?, i32_of("cols", w.cols)?, 1i32);
         let row_bytes = i64::try_from(w.ty.row_bytes(w.cols)).unwrap_or(i64::MAX);
-        let cfg = grid_1d(w.rows.div_ceil(rows_per_warp) * 32, 128)?;
+        let cfg = grid_1d(threads_for_rows, 128)?;
         let mut b = self.stream().launch_builder(&func);
         b.arg(y).arg(&w.data).arg(x).arg(&rows).arg(&cols).arg(&n_i).arg(&row_bytes);
         // SAFETY: same signature and sizes as `gemv_views` with n = 1 (x: cols, y: rows floats);
-        // each warp covers rows_per_warp rows, loads of rows past the end are clamped in-kernel.
+        // the grid covers every row group of the variant; loads of rows past the end are
+        // clamped in-kernel and never written.
         unsafe { b.launch(cfg) }.map_err(KernelError::driver("cuLaunchKernel"))?;
+        Ok(())
+    }
+
+    /// One token's `y = silu(gate x) * (up x)` in one launch (`gate`, `up`: same type and shape).
+    pub fn gemv_glu(
+        &self,
+        gate: &DeviceWeight,
+        up: &DeviceWeight,
+        x: &CudaSlice<f32>,
+        y: &mut CudaSlice<f32>,
+    ) -> Result<(), KernelError> {
+        if gate.ty != up.ty || gate.rows != up.rows || gate.cols != up.cols {
+            return invalid("gate and up must have the same type and shape".into());
+        }
+        need("x", x.len(), gate.cols)?;
+        need("y", y.len(), gate.rows)?;
+        let func = self.function(KernelFamily::Llama, &format!("gemv_glu_{}", gate.ty.suffix()))?;
+        let (rows, cols) = (i32_of("rows", gate.rows)?, i32_of("cols", gate.cols)?);
+        let row_bytes = i64::try_from(gate.ty.row_bytes(gate.cols)).unwrap_or(i64::MAX);
+        let mut b = self.stream().launch_builder(&func);
+        b.arg(y).arg(&gate.data).arg(&up.data).arg(x).arg(&rows).arg(&cols).arg(&row_bytes);
+        // SAFETY: signature `(float* y, const u8* wg, const u8* wu, const float* x, int rows,
+        // int cols, long long row_bytes)`; both matrices hold rows rows of row_bytes (same
+        // shape, checked), x cols and y rows floats; 2 rows per warp, clamped loads.
+        unsafe { b.launch(grid_1d(gate.rows.div_ceil(2) * 32, 128)?) }
+            .map_err(KernelError::driver("cuLaunchKernel"))?;
         Ok(())
     }
 

@@ -68,11 +68,19 @@ fn gemv_and_embed_match_reference_for_every_weight_type() {
                 let (rel, max) = errors(&got, &want);
                 assert!(rel <= 1e-5, "gemv {ty:?} {rows}x{cols} n={n}: rel {rel:e} max {max:e}");
                 if n == 1 {
-                    for r in [1, 2, 4] {
+                    // Fused gate/up + SwiGLU against the reference GEMVs of two matrices.
+                    let w2 = random_weights(ty, rows, cols, seed ^ 0x5555);
+                    let want2 = reference::gemv(ty, &w2, rows, cols, &x);
+                    let dw2 = gpu.upload_weight(ty, rows, cols, &w2).unwrap();
+                    let mut dy = gpu.upload(&vec![f32::NAN; rows]).unwrap();
+                    gpu.gemv_glu(&dw, &dw2, &dx, &mut dy).unwrap();
+                    let (rel, max) = errors(&gpu.download(&dy).unwrap(), &reference::swiglu(&want, &want2));
+                    assert!(rel <= 2e-5, "gemv_glu {ty:?} {rows}x{cols}: rel {rel:e} max {max:e}");
+                    for v in ["n1", "r2", "r4", "k1", "k2", "k4", "c2", "c4"] {
                         let mut dy = gpu.upload(&vec![f32::NAN; rows]).unwrap();
-                        gpu.gemv_rows(&dw, &dx, &mut dy, r).unwrap();
+                        gpu.gemv_variant(&dw, &dx, &mut dy, v).unwrap();
                         let (rel, max) = errors(&gpu.download(&dy).unwrap(), &want);
-                        assert!(rel <= 1e-5, "gemv_rows r={r} {ty:?} {rows}x{cols}: rel {rel:e} max {max:e}");
+                        assert!(rel <= 1e-5, "gemv {v} {ty:?} {rows}x{cols}: rel {rel:e} max {max:e}");
                     }
                 }
 

@@ -8,8 +8,10 @@
 //!
 //! Writes `OUT_DIR/tiny-{f32,f16,q8_0,q4_k_m}.gguf` (llama.cpp's own quantizer makes the last
 //! two from the f32 file) and `OUT_DIR/reference.txt`, one line per (model, prompt):
-//! `MODEL<TAB>prompt ids<TAB>32 greedy ids<TAB>logits of the first generated token` (lists
-//! comma separated).
+//! `MODEL<TAB>prompt ids<TAB>32 greedy ids<TAB>logits of the first generated token<TAB>the file
+//! llama.cpp ran` (lists comma separated). For the quantized models llama.cpp also runs an F32
+//! copy holding exactly the dequantized weights (`tiny-*-deq.gguf`): llama.cpp's CPU kernels
+//! quantize activations (to q8_0 / q8_K) for quantized weights, the native engine does not.
 
 #[path = "../../tests/support/tiny_model.rs"]
 #[allow(dead_code)]
@@ -26,6 +28,9 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::token::LlamaToken;
+
+use hyperllama_kernels::{WeightType, dequantize_row};
+use hyperllama_native::device::gguf::GgufFile;
 
 /// Tokens generated per prompt.
 const GEN: usize = 32;
@@ -88,6 +93,39 @@ fn greedy(backend: &LlamaBackend, model_path: &Path, prompt: &[i32]) -> (Vec<i32
     (out, first)
 }
 
+/// Writes a copy of `src` whose every tensor is F32 with the values the quantized blocks
+/// decode to (same metadata): llama.cpp on it computes with the engine's exact weights and
+/// f32 activations, free of the activation quantization llama.cpp's CPU kernels apply.
+fn dequantized_copy(src: &Path, dst: &Path) {
+    let f = GgufFile::open(src).expect("open gguf");
+    let mut out: Vec<u8> = Vec::new();
+    out.extend_from_slice(b"GGUF");
+    out.extend_from_slice(&f.version.to_le_bytes());
+    out.extend_from_slice(&(f.order.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(f.meta.len() as u64).to_le_bytes());
+    out.extend_from_slice(&f.raw_kv().expect("metadata"));
+    let mut data: Vec<u8> = Vec::new();
+    for name in &f.order {
+        let (info, bytes) = f.read(name).expect("tensor");
+        let ty = WeightType::from_ggml_type(info.ggml_type).expect("tensor type");
+        let n = info.dims.iter().product::<u64>() as usize;
+        let values = dequantize_row(ty, &bytes, n);
+        out.extend_from_slice(&(name.len() as u64).to_le_bytes());
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&(info.dims.len() as u32).to_le_bytes());
+        for d in &info.dims {
+            out.extend_from_slice(&d.to_le_bytes());
+        }
+        out.extend_from_slice(&0u32.to_le_bytes()); // F32
+        out.extend_from_slice(&(data.len() as u64).to_le_bytes());
+        data.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        data.resize(data.len().next_multiple_of(32), 0);
+    }
+    out.resize(out.len().next_multiple_of(32), 0);
+    out.extend_from_slice(&data);
+    std::fs::write(dst, out).expect("write dequantized copy");
+}
+
 fn join(v: &[i32]) -> String {
     v.iter().map(i32::to_string).collect::<Vec<_>>().join(",")
 }
@@ -115,12 +153,25 @@ fn main() {
     let backend = LlamaBackend::init().unwrap();
     quantize(&f32_path, &dir.join("tiny-q8_0.gguf"), llama_cpp_sys_2::LLAMA_FTYPE_MOSTLY_Q8_0);
     quantize(&f32_path, &dir.join("tiny-q4_k_m.gguf"), llama_cpp_sys_2::LLAMA_FTYPE_MOSTLY_Q4_K_M);
+    for q in ["q8_0", "q4_k_m"] {
+        dequantized_copy(&dir.join(format!("tiny-{q}.gguf")), &dir.join(format!("tiny-{q}-deq.gguf")));
+    }
     let mut text = String::new();
-    for model in ["tiny-f32.gguf", "tiny-f16.gguf", "tiny-q8_0.gguf", "tiny-q4_k_m.gguf"] {
+    // (file the engine loads, file llama.cpp runs)
+    let pairs = [
+        ("tiny-f32.gguf", "tiny-f32.gguf"),
+        ("tiny-f16.gguf", "tiny-f16.gguf"),
+        ("tiny-q8_0.gguf", "tiny-q8_0.gguf"),
+        ("tiny-q4_k_m.gguf", "tiny-q4_k_m.gguf"),
+        ("tiny-q8_0.gguf", "tiny-q8_0-deq.gguf"),
+        ("tiny-q4_k_m.gguf", "tiny-q4_k_m-deq.gguf"),
+    ];
+    for (model, reference) in pairs {
         for p in prompts() {
-            let (toks, logits) = greedy(&backend, &dir.join(model), &p);
+            let (toks, logits) = greedy(&backend, &dir.join(reference), &p);
             let logits: Vec<String> = logits.iter().map(|v| format!("{v:.6}")).collect();
-            writeln!(text, "{model}\t{}\t{}\t{}", join(&p), join(&toks), logits.join(",")).unwrap();
+            writeln!(text, "{model}\t{}\t{}\t{}\t{reference}", join(&p), join(&toks), logits.join(","))
+                .unwrap();
         }
     }
     std::fs::write(dir.join("reference.txt"), &text).unwrap();

@@ -49,9 +49,7 @@ fn mix_of(kind: &str, layers: usize) -> Mix {
         "q8_0" => Box::new(|_, _| WeightType::Q8_0),
         _ => Box::new(move |name, layer| {
             // llama.cpp's use_more_bits for Q4_K_M.
-            let more = |i: usize| {
-                i < layers / 8 || i >= 7 * layers / 8 || (i - layers / 8) % 3 == 2
-            };
+            let more = |i: usize| i < layers / 8 || i >= 7 * layers / 8 || (i - layers / 8) % 3 == 2;
             match (name, layer) {
                 ("output", _) => WeightType::Q6K,
                 ("attn_v" | "ffn_down", Some(i)) if more(i) => WeightType::Q6K,
@@ -92,7 +90,7 @@ fn gemv_bandwidth(
     ty: WeightType,
     rows: usize,
     cols: usize,
-    r: usize,
+    r: &str,
 ) -> Result<(f64, f64), String> {
     let copies = 4;
     let ws: Vec<_> = (0..copies)
@@ -107,7 +105,7 @@ fn gemv_bandwidth(
         let a = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(drv("event"))?;
         let b = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(drv("event"))?;
         a.record(gpu.stream()).map_err(drv("record"))?;
-        gpu.gemv_rows(&ws[it % copies], &x, &mut y, r).map_err(|e| e.to_string())?;
+        gpu.gemv_variant(&ws[it % copies], &x, &mut y, r).map_err(|e| e.to_string())?;
         b.record(gpu.stream()).map_err(drv("record"))?;
         b.synchronize().map_err(drv("sync"))?;
         if it >= 4 {
@@ -231,11 +229,11 @@ fn main() {
     let bw = hbm_bandwidth(&gpu).expect("bandwidth");
     println!("card: {name}; HBM device-to-device copy: {bw:.0} GB/s (read + write)");
     println!(
-        "| GEMV batch 1 | rows x cols | rows/warp | us | GB/s | % of copy |\n| --- | --- | ---: | ---: | ---: | ---: |"
+        "| GEMV batch 1 | rows x cols | variant | us | GB/s | % of copy |\n| --- | --- | ---: | ---: | ---: | ---: |"
     );
     for ty in [WeightType::F16, WeightType::Q8_0, WeightType::Q4K, WeightType::Q6K] {
         for (rows, cols) in [(14336usize, 4096usize), (4096, 14336), (4096, 4096)] {
-            for r in [1, 2, 4] {
+            for r in ["r4", "k4", "c2", "c4"] {
                 match gemv_bandwidth(&gpu, ty, rows, cols, r) {
                     Ok((gbs, us)) => println!(
                         "| {ty:?} | {rows}x{cols} | {r} | {us:.1} | {gbs:.0} | {:.0}% |",

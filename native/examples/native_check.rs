@@ -38,11 +38,7 @@ fn ids(s: &str) -> Vec<u32> {
 type Generated = (Vec<Vec<u32>>, Vec<Vec<f32>>);
 
 /// Also returns the logits row of each prompt's first generated token.
-fn generate(
-    ex: &mut LlamaExecutor,
-    prompts: &[&[u32]],
-    n: usize,
-) -> Result<Generated, String> {
+fn generate(ex: &mut LlamaExecutor, prompts: &[&[u32]], n: usize) -> Result<Generated, String> {
     let vocab = ex.config().vocab;
     let mut first: Vec<Vec<f32>> = vec![Vec::new(); prompts.len()];
     let mut out = StepOutput::default();
@@ -101,14 +97,18 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let text = std::fs::read_to_string(dir.join("reference.txt")).expect("reference.txt");
-    let mut models: BTreeMap<String, Vec<Case>> = BTreeMap::new();
+    let mut models: BTreeMap<(String, String), Vec<Case>> = BTreeMap::new();
     for line in text.lines() {
         let f: Vec<&str> = line.split('\t').collect();
         let logits = f[3].split(',').map(|v| v.parse().expect("logit")).collect();
-        models.entry(f[0].to_string()).or_default().push(Case { prompt: ids(f[1]), want: ids(f[2]), logits });
+        models.entry((f[0].to_string(), f[4].to_string())).or_default().push(Case {
+            prompt: ids(f[1]),
+            want: ids(f[2]),
+            logits,
+        });
     }
     let mut all_ok = true;
-    for (model, cases) in &models {
+    for ((model, reference), cases) in &models {
         let spec = ExecutorSpec {
             model_path: dir.join(model),
             block_size: BLOCK,
@@ -174,7 +174,7 @@ fn main() -> ExitCode {
         let ok = alone_ok == cases.len() && batch_ok == cases.len();
         all_ok &= ok;
         println!(
-            "{model}: {:?} on {}: first-token logits max |diff| {worst_logit:.4}; alone {alone_ok}/{} prompts, batch of {} {batch_ok}/{} prompts match llama.cpp's {n} greedy tokens{}",
+            "{model} vs llama.cpp on {reference}: {:?} on {}: first-token logits max |diff| {worst_logit:.4}; alone {alone_ok}/{} prompts, batch of {} {batch_ok}/{} prompts match llama.cpp's {n} greedy tokens{}",
             ex.weight_types(),
             ex.gpu().name(),
             cases.len(),

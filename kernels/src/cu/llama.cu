@@ -6,6 +6,9 @@
 //   embed_<w>            rows of a weight matrix (token ids) -> f32
 //   gemv_<w>_n<NT>       y[t][r] = sum_c W[r][c] * x[t][c] for NT <= 8 tokens at once
 //   gemv_<w>_r<R>        the same for one token, R rows per warp (decode)
+//   gemv_<w>_k<R>        one token, R rows per 4-warp block, columns split across the warps
+//   gemv_<w>_c<R>        one token, R rows per warp, coalesced 16-byte segments (decode default)
+//   gemv_glu_<w>         one token: silu(gate x) * (up x), both matrices in one pass
 //   rope_f32             rotary embedding in place on q and k (normal or NeoX pairs, optional
 //                        per-frequency factors = Llama 3 scaling from `rope_freqs.weight`)
 //   swiglu_f32           out = silu(gate) * up (swiglu_inplace_f32: into gate)
@@ -363,6 +366,48 @@ __device__ void gemv_rows(float* __restrict__ y, const u8* __restrict__ w, const
     }
 }
 
+// Batch-1 GEMV, K split inside the block: the 4 warps of a block share R rows and take
+// interleaved 32-chunk stripes of the columns, then reduce through shared memory. With one
+// warp per row group (gemv_rows) a 4096-row matrix gave only ~8 warps per SM, each walking
+// its row serially: too few loads in flight to cover DRAM latency.
+template <typename W, int R>
+__device__ void gemv_ksplit(float* __restrict__ y, const u8* __restrict__ w, const float* __restrict__ x,
+                            int rows, int cols, long long row_bytes) {
+    const int warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31;
+    const int r0 = blockIdx.x * R;
+    const int chunks = cols / 32;
+    float acc[R];
+#pragma unroll
+    for (int i = 0; i < R; ++i) acc[i] = 0.0f;
+    for (int c = warp * 32 + lane; c < chunks; c += 128) {
+        float xv[32];
+        const float4* xp = reinterpret_cast<const float4*>(x + 32 * c);
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+            const float4 t = __ldg(xp + k);
+            xv[4 * k] = t.x; xv[4 * k + 1] = t.y; xv[4 * k + 2] = t.z; xv[4 * k + 3] = t.w;
+        }
+        float xs = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 32; ++k) xs += xv[k];
+#pragma unroll
+        for (int i = 0; i < R; ++i) {
+            const int r = min(r0 + i, rows - 1);
+            acc[i] += W::dot(w + (long long)r * row_bytes, c, xv, xs);
+        }
+    }
+    __shared__ float part[4][R];
+#pragma unroll
+    for (int i = 0; i < R; ++i) {
+        const float s = warp_sum(acc[i]);
+        if (lane == 0) part[warp][i] = s;
+    }
+    __syncthreads();
+    const int t = threadIdx.x;
+    if (t < R && r0 + t < rows) y[r0 + t] = part[0][t] + part[1][t] + part[2][t] + part[3][t];
+}
+
 #define WEIGHT_ENTRIES(SUF, W)                                                                     \
     extern "C" __global__ void __launch_bounds__(256) embed_##SUF(                                 \
         float* out, const u8* w, const int* ids, int n, int cols, long long row_bytes) {           \
@@ -379,6 +424,18 @@ __device__ void gemv_rows(float* __restrict__ y, const u8* __restrict__ w, const
     extern "C" __global__ void __launch_bounds__(128) gemv_##SUF##_r4(                             \
         float* y, const u8* w, const float* x, int rows, int cols, int n, long long rb) {           \
         gemv_rows<W, 4>(y, w, x, rows, cols, rb);                                                  \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(128) gemv_##SUF##_k1(                             \
+        float* y, const u8* w, const float* x, int rows, int cols, int n, long long rb) {           \
+        gemv_ksplit<W, 1>(y, w, x, rows, cols, rb);                                                \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(128) gemv_##SUF##_k2(                             \
+        float* y, const u8* w, const float* x, int rows, int cols, int n, long long rb) {           \
+        gemv_ksplit<W, 2>(y, w, x, rows, cols, rb);                                                \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(128) gemv_##SUF##_k4(                             \
+        float* y, const u8* w, const float* x, int rows, int cols, int n, long long rb) {           \
+        gemv_ksplit<W, 4>(y, w, x, rows, cols, rb);                                                \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(128) gemv_##SUF##_n2(                             \
         float* y, const u8* w, const float* x, int rows, int cols, int n, long long rb) {           \
@@ -399,6 +456,257 @@ WEIGHT_ENTRIES(bf16, WBF16)
 WEIGHT_ENTRIES(q8_0, WQ8_0)
 WEIGHT_ENTRIES(q4_k, WQ4_K)
 WEIGHT_ENTRIES(q6_k, WQ6_K)
+
+// ---- coalesced batch-1 GEMV ---------------------------------------------------------------
+//
+// The chunk kernels above give each lane 32 consecutive values: a warp's 16-byte load then
+// spans 32 lanes x 64-128 bytes of stride, so every load instruction touches 16-32 cache lines
+// (x's float4 loads likewise): L1 wavefronts, not DRAM, bound them (measured: the same ~35 us
+// for a 14336x4096 matrix in every format, rows per warp helping only through x reuse).
+// Here a lane's "segment" is what one 16-byte weight load holds, and consecutive lanes take
+// consecutive segments, so each warp-wide load covers one contiguous span.
+//   SEGV: values per segment; load_x: the segment's x values; xsums: per-format sums of x
+//   (q4_K's min term); dot: the segment's dot product.
+
+struct SF32 {
+    static constexpr int SEGV = 4;
+    static __device__ __forceinline__ void load_x(const float* x, int s, float* xv) {
+        const float4 t = __ldg(reinterpret_cast<const float4*>(x) + s);
+        xv[0] = t.x; xv[1] = t.y; xv[2] = t.z; xv[3] = t.w;
+    }
+    static __device__ __forceinline__ void xsums(const float*, float*) {}
+    static __device__ __forceinline__ float dot(const u8* row, int s, const float* xv, const float*) {
+        const float4 w = reinterpret_cast<const float4*>(row)[s];
+        return w.x * xv[0] + w.y * xv[1] + w.z * xv[2] + w.w * xv[3];
+    }
+};
+
+template <bool BF>
+struct S16 {
+    static constexpr int SEGV = 8;
+    static __device__ __forceinline__ void load_x(const float* x, int s, float* xv) {
+        const float4* p = reinterpret_cast<const float4*>(x) + 2 * s;
+        const float4 a = __ldg(p), b = __ldg(p + 1);
+        xv[0] = a.x; xv[1] = a.y; xv[2] = a.z; xv[3] = a.w;
+        xv[4] = b.x; xv[5] = b.y; xv[6] = b.z; xv[7] = b.w;
+    }
+    static __device__ __forceinline__ void xsums(const float*, float*) {}
+    static __device__ __forceinline__ float dot(const u8* row, int s, const float* xv, const float*) {
+        const uint4 u = reinterpret_cast<const uint4*>(row)[s];
+        const unsigned int w[4] = {u.x, u.y, u.z, u.w};
+        float acc = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const float lo = BF ? __uint_as_float(w[j] << 16) : f16f((unsigned short)(w[j] & 0xffffu));
+            const float hi = BF ? __uint_as_float(w[j] & 0xffff0000u) : f16f((unsigned short)(w[j] >> 16));
+            acc = fmaf(lo, xv[2 * j], acc);
+            acc = fmaf(hi, xv[2 * j + 1], acc);
+        }
+        return acc;
+    }
+};
+
+// q8_0: four lanes per 34-byte block, 8 quants each.
+struct SQ8_0 {
+    static constexpr int SEGV = 8;
+    static __device__ __forceinline__ void load_x(const float* x, int s, float* xv) {
+        S16<false>::load_x(x, s, xv);
+    }
+    static __device__ __forceinline__ void xsums(const float*, float*) {}
+    static __device__ __forceinline__ float dot(const u8* row, int s, const float* xv, const float*) {
+        const u8* b = row + (size_t)(s >> 2) * 34;
+        const u8* q = b + 2 + 8 * (s & 3);
+        float acc = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const unsigned int v = ld16(q + 2 * i) ^ 0x8080u;
+            acc = fmaf(MAGIC_F(v & 0xffu) - 8388736.0f, xv[2 * i], acc);
+            acc = fmaf(MAGIC_F(v >> 8) - 8388736.0f, xv[2 * i + 1], acc);
+        }
+        return f16f(ld16(b)) * acc;
+    }
+};
+
+// q4_K: eight lanes per 144-byte super-block, each one 16-byte piece of qs: 16 low nibbles
+// (sub-block 2j) and 16 high nibbles (sub-block 2j+1), j = piece / 2.
+struct SQ4_K {
+    static constexpr int SEGV = 32;
+    static __device__ __forceinline__ int base(int s) {
+        const int p = s & 7;
+        return (s >> 3) * 256 + 64 * (p >> 1) + 16 * (p & 1);
+    }
+    static __device__ __forceinline__ void load_x(const float* x, int s, float* xv) {
+        const float4* p = reinterpret_cast<const float4*>(x + base(s));
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const float4 a = __ldg(p + k), b = __ldg(p + 8 + k);
+            xv[4 * k] = a.x; xv[4 * k + 1] = a.y; xv[4 * k + 2] = a.z; xv[4 * k + 3] = a.w;
+            xv[16 + 4 * k] = b.x; xv[16 + 4 * k + 1] = b.y; xv[16 + 4 * k + 2] = b.z; xv[16 + 4 * k + 3] = b.w;
+        }
+    }
+    static __device__ __forceinline__ void xsums(const float* xv, float* xs) {
+        float a = 0.0f, b = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 16; ++k) { a += xv[k]; b += xv[16 + k]; }
+        xs[0] = a; xs[1] = b;
+    }
+    static __device__ __forceinline__ float dot(const u8* row, int s, const float* xv, const float* xs) {
+        const u8* b = row + (size_t)(s >> 3) * 144;
+        const int p = s & 7;
+        const uint4 u = reinterpret_cast<const uint4*>(b + 16)[p];
+        const unsigned int w[4] = {u.x, u.y, u.z, u.w};
+        float lo = 0.0f, hi = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const unsigned int l = w[j] & 0x0F0F0F0Fu;
+            const unsigned int h = (w[j] >> 4) & 0x0F0F0F0Fu;
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                lo = fmaf(MAGIC_F((l >> (8 * k)) & 0xFu) - 8388608.0f, xv[4 * j + k], lo);
+                hi = fmaf(MAGIC_F((h >> (8 * k)) & 0xFu) - 8388608.0f, xv[16 + 4 * j + k], hi);
+            }
+        }
+        const unsigned int dd = *reinterpret_cast<const unsigned int*>(b);
+        const float d = f16f((unsigned short)(dd & 0xffffu));
+        const float dmin = f16f((unsigned short)(dd >> 16));
+        int sc0, m0, sc1, m1;
+        q4k_scale_min(2 * (p >> 1), b + 4, &sc0, &m0);
+        q4k_scale_min(2 * (p >> 1) + 1, b + 4, &sc1, &m1);
+        return d * ((float)sc0 * lo + (float)sc1 * hi) - dmin * ((float)m0 * xs[0] + (float)m1 * xs[1]);
+    }
+};
+
+// q6_K: eight lanes per 210-byte super-block; lane t takes l in [8(t%4), 8(t%4)+8) of half
+// n = t/4: 8 bytes of ql at l and at l+32, 8 bytes of qh, giving 4 runs of 8 values.
+struct SQ6_K {
+    static constexpr int SEGV = 32;
+    static __device__ __forceinline__ void load_x(const float* x, int s, float* xv) {
+        const int t = s & 7;
+        const float* b = x + (s >> 3) * 256 + 128 * (t >> 2) + 8 * (t & 3);
+#pragma unroll
+        for (int g = 0; g < 4; ++g) {
+            const float4* p = reinterpret_cast<const float4*>(b + 32 * g);
+            const float4 a = __ldg(p), c = __ldg(p + 1);
+            xv[8 * g] = a.x; xv[8 * g + 1] = a.y; xv[8 * g + 2] = a.z; xv[8 * g + 3] = a.w;
+            xv[8 * g + 4] = c.x; xv[8 * g + 5] = c.y; xv[8 * g + 6] = c.z; xv[8 * g + 7] = c.w;
+        }
+    }
+    static __device__ __forceinline__ void xsums(const float*, float*) {}
+    static __device__ __forceinline__ float dot(const u8* row, int s, const float* xv, const float*) {
+        const u8* b = row + (size_t)(s >> 3) * 210;
+        const int t = s & 7;
+        const int n = t >> 2;
+        const int l0 = 8 * (t & 3);
+        const u8* ql = b + 64 * n + l0;
+        const u8* qh = b + 128 + 32 * n + l0;
+        const i8* sc = reinterpret_cast<const i8*>(b + 192) + 8 * n + (l0 >> 4);
+        float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const unsigned int a = ld16(ql + 2 * i);       // values l, l+1 of groups 0 and 2
+            const unsigned int c = ld16(ql + 32 + 2 * i);  // groups 1 and 3
+            const unsigned int h = ld16(qh + 2 * i);
+            const unsigned int q0 = (a & 0x0F0Fu) | ((h & 0x0303u) << 4);
+            const unsigned int q1 = (c & 0x0F0Fu) | ((h & 0x0C0Cu) << 2);
+            const unsigned int q2 = ((a >> 4) & 0x0F0Fu) | (h & 0x3030u);
+            const unsigned int q3 = ((c >> 4) & 0x0F0Fu) | ((h >> 2) & 0x3030u);
+            const unsigned int q[4] = {q0, q1, q2, q3};
+#pragma unroll
+            for (int g = 0; g < 4; ++g) {
+                part[g] = fmaf(MAGIC_F(q[g] & 0xffu) - 8388640.0f, xv[8 * g + 2 * i], part[g]);
+                part[g] = fmaf(MAGIC_F(q[g] >> 8) - 8388640.0f, xv[8 * g + 2 * i + 1], part[g]);
+            }
+        }
+        const float d = f16f(ld16(b + 208));
+        return d * ((float)sc[0] * part[0] + (float)sc[2] * part[1] + (float)sc[4] * part[2] + (float)sc[6] * part[3]);
+    }
+};
+
+template <typename S, int R>
+__device__ void gemv_coalesced(float* __restrict__ y, const u8* __restrict__ w, const float* __restrict__ x,
+                               int rows, int cols, long long row_bytes) {
+    const int warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31;
+    const int r0 = (blockIdx.x * 4 + warp) * R;
+    if (r0 >= rows) return;
+    const int segs = cols / S::SEGV;
+    float acc[R];
+#pragma unroll
+    for (int i = 0; i < R; ++i) acc[i] = 0.0f;
+#pragma unroll 2
+    for (int s = lane; s < segs; s += 32) {
+        float xv[S::SEGV];
+        float xs[2];
+        S::load_x(x, s, xv);
+        S::xsums(xv, xs);
+#pragma unroll
+        for (int i = 0; i < R; ++i) {
+            const int r = min(r0 + i, rows - 1);
+            acc[i] += S::dot(w + (long long)r * row_bytes, s, xv, xs);
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < R; ++i) {
+        const float v = warp_sum(acc[i]);
+        if (lane == 0 && r0 + i < rows) y[r0 + i] = v;
+    }
+}
+
+// Gate and up projections of one token in one pass, SwiGLU fused: y[r] = silu(g.x) * (u.x).
+// Both matrices share each x segment load (x traffic, not weight traffic, bounds the q4_K
+// segments) and the separate SwiGLU launch disappears.
+template <typename S, int R>
+__device__ void gemv_glu(float* __restrict__ y, const u8* __restrict__ wg, const u8* __restrict__ wu,
+                         const float* __restrict__ x, int rows, int cols, long long row_bytes) {
+    const int warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31;
+    const int r0 = (blockIdx.x * 4 + warp) * R;
+    if (r0 >= rows) return;
+    const int segs = cols / S::SEGV;
+    float ag[R], au[R];
+#pragma unroll
+    for (int i = 0; i < R; ++i) { ag[i] = 0.0f; au[i] = 0.0f; }
+#pragma unroll 2
+    for (int s = lane; s < segs; s += 32) {
+        float xv[S::SEGV];
+        float xs[2];
+        S::load_x(x, s, xv);
+        S::xsums(xv, xs);
+#pragma unroll
+        for (int i = 0; i < R; ++i) {
+            const long long off = (long long)min(r0 + i, rows - 1) * row_bytes;
+            ag[i] += S::dot(wg + off, s, xv, xs);
+            au[i] += S::dot(wu + off, s, xv, xs);
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < R; ++i) {
+        const float g = warp_sum(ag[i]);
+        const float u = warp_sum(au[i]);
+        if (lane == 0 && r0 + i < rows) y[r0 + i] = g / (1.0f + expf(-g)) * u;
+    }
+}
+
+#define COALESCED_ENTRIES(SUF, S)                                                                  \
+    extern "C" __global__ void __launch_bounds__(128) gemv_##SUF##_c2(                             \
+        float* y, const u8* w, const float* x, int rows, int cols, int n, long long rb) {           \
+        gemv_coalesced<S, 2>(y, w, x, rows, cols, rb);                                             \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(128) gemv_##SUF##_c4(                             \
+        float* y, const u8* w, const float* x, int rows, int cols, int n, long long rb) {           \
+        gemv_coalesced<S, 4>(y, w, x, rows, cols, rb);                                             \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(128) gemv_glu_##SUF(                              \
+        float* y, const u8* wg, const u8* wu, const float* x, int rows, int cols, long long rb) {   \
+        gemv_glu<S, 2>(y, wg, wu, x, rows, cols, rb);                                              \
+    }
+
+COALESCED_ENTRIES(f32, SF32)
+COALESCED_ENTRIES(f16, S16<false>)
+COALESCED_ENTRIES(bf16, S16<true>)
+COALESCED_ENTRIES(q8_0, SQ8_0)
+COALESCED_ENTRIES(q4_k, SQ4_K)
+COALESCED_ENTRIES(q6_k, SQ6_K)
 
 // ---- RoPE --------------------------------------------------------------------------------
 

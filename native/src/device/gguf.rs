@@ -49,6 +49,12 @@ pub struct GgufFile {
     pub meta: HashMap<String, Value>,
     /// Tensors by name.
     pub tensors: HashMap<String, TensorInfo>,
+    /// Tensor names in file order.
+    pub order: Vec<String>,
+    /// Byte range of the metadata key/value section (to copy it into a rewritten file).
+    pub kv_range: (u64, u64),
+    /// GGUF version.
+    pub version: u32,
 }
 
 fn bad(m: impl Into<String>) -> DeviceError {
@@ -154,11 +160,13 @@ impl GgufFile {
             return Err(bad("GGUF counts larger than the file allows"));
         }
         let mut meta = HashMap::new();
+        let kv_start = 24;
         for _ in 0..n_kv {
             let key = c.string()?;
             let ty = c.u32()?;
             meta.insert(key, c.value(ty)?);
         }
+        let kv_end = c.r.stream_position().map_err(|e| bad(e.to_string()))?;
         let mut infos = Vec::new();
         for _ in 0..n_tensors {
             let name = c.string()?;
@@ -178,6 +186,7 @@ impl GgufFile {
         let header_end = c.r.stream_position().map_err(|e| bad(e.to_string()))?;
         let data_start = header_end.div_ceil(align) * align;
         let mut tensors = HashMap::new();
+        let order = infos.iter().map(|i| i.0.clone()).collect();
         for (name, ggml_type, dims, rel) in infos {
             let n = dims
                 .iter()
@@ -192,7 +201,7 @@ impl GgufFile {
             }
             tensors.insert(name, TensorInfo { ggml_type, dims, offset, bytes });
         }
-        Ok(GgufFile { file, meta, tensors })
+        Ok(GgufFile { file, meta, tensors, order, kv_range: (kv_start, kv_end), version })
     }
 
     /// An integer metadata value.
@@ -218,6 +227,16 @@ impl GgufFile {
             Value::Str(v) => Some(v),
             _ => None,
         }
+    }
+
+    /// The raw bytes of the metadata section.
+    pub fn raw_kv(&self) -> Result<Vec<u8>, DeviceError> {
+        let (a, b) = self.kv_range;
+        let mut buf = vec![0u8; usize::try_from(b - a).map_err(|_| bad("metadata too large"))?];
+        let mut f = &self.file;
+        f.seek(SeekFrom::Start(a)).map_err(|e| bad(e.to_string()))?;
+        f.read_exact(&mut buf).map_err(|e| bad(e.to_string()))?;
+        Ok(buf)
     }
 
     /// The raw bytes of tensor `name`.

@@ -443,9 +443,13 @@ pub fn forward(
             hidden: h,
             eps: cfg.eps,
         })?;
-        gpu.gemv(&lw.gate, &ws.normed, n, &mut ws.gate)?;
-        gpu.gemv(&lw.up, &ws.normed, n, &mut ws.up)?;
-        gpu.swiglu_inplace(&mut ws.gate, &ws.up, n * cfg.ffn)?;
+        if n == 1 && lw.gate.ty == lw.up.ty {
+            gpu.gemv_glu(&lw.gate, &lw.up, &ws.normed, &mut ws.gate)?;
+        } else {
+            gpu.gemv(&lw.gate, &ws.normed, n, &mut ws.gate)?;
+            gpu.gemv(&lw.up, &ws.normed, n, &mut ws.up)?;
+            gpu.swiglu_inplace(&mut ws.gate, &ws.up, n * cfg.ffn)?;
+        }
         gpu.gemv(&lw.down, &ws.gate, n, &mut ws.x)?;
     }
     gpu.rmsnorm_residual(RmsNormResidual {
