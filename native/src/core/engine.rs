@@ -86,6 +86,7 @@ pub struct EngineCore {
     vocab_size: usize,
     max_len: usize,
     counters: StepCounters,
+    device_failure: Option<String>,
 }
 
 impl std::fmt::Debug for EngineCore {
@@ -146,6 +147,7 @@ impl EngineCore {
             out: StepOutput::default(),
             max_len,
             counters: StepCounters::default(),
+            device_failure: None,
         }
     }
 
@@ -169,6 +171,12 @@ impl EngineCore {
         self.counters
     }
 
+    /// The device error that made this core unusable, if any: the executor may be in an
+    /// undefined state (e.g. a sticky CUDA error), so the owner should restart it.
+    pub fn device_failure(&self) -> Option<&str> {
+        self.device_failure.as_deref()
+    }
+
     /// Whether anything is left to run.
     pub fn has_work(&self) -> bool {
         self.scheduler.num_seqs() > 0
@@ -176,6 +184,9 @@ impl EngineCore {
 
     /// Queues a request; `max_len` is clamped to the engine's.
     pub fn add(&mut self, mut request: SeqRequest) -> Result<(), CoreError> {
+        if let Some(failure) = &self.device_failure {
+            return Err(CoreError::Exec(ExecError::Device(failure.clone())));
+        }
         if self.scheduler.contains(request.id) {
             return Err(CoreError::DuplicateSeq(request.id));
         }
@@ -214,9 +225,21 @@ impl EngineCore {
         self.counters.steps += 1;
         if let Err(e) = result {
             let message = e.to_string();
-            for s in &plan.batch.seqs {
-                self.scheduler.remove(s.seq_id);
-                events.push(SeqEvent::Failed { seq: s.seq_id, message: message.clone() });
+            // A device error may leave the device unusable (CUDA errors are sticky): every
+            // sequence fails and the owner is told to restart; a rejected batch fails only
+            // its own sequences.
+            let fatal = !matches!(e, ExecError::InvalidBatch(_));
+            let failed: Vec<SeqId> = if fatal {
+                self.scheduler.seq_ids()
+            } else {
+                plan.batch.seqs.iter().map(|s| s.seq_id).collect()
+            };
+            for id in failed {
+                self.scheduler.remove(id);
+                events.push(SeqEvent::Failed { seq: id, message: message.clone() });
+            }
+            if fatal {
+                self.device_failure = Some(message);
             }
             return events;
         }

@@ -46,8 +46,10 @@
 //!
 //! # Errors
 //!
-//! A `step` that fails leaves the written slots undefined; the core fails (or recomputes) the
-//! sequences of that batch. [`ExecError::OutOfMemory`] at load is a "model does not fit" for the
+//! A `step` that fails leaves the written slots undefined. [`ExecError::InvalidBatch`] fails
+//! the sequences of that batch only (the device is fine); any other error from `step` or a
+//! block move is taken as a broken device: every sequence fails and the engine (in a runner:
+//! the process) is restarted. [`ExecError::OutOfMemory`] at load is a "model does not fit" for the
 //! user. An executor is moved to the engine's thread once (`Send`) and only ever used from there.
 //!
 //! # Loading

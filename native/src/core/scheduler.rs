@@ -172,6 +172,11 @@ impl Scheduler {
         (self.waiting.len(), self.running.len(), self.swapped.len())
     }
 
+    /// Ids of all live sequences.
+    pub fn seq_ids(&self) -> Vec<SeqId> {
+        self.seqs.keys().copied().collect()
+    }
+
     /// Running sequences, oldest first.
     pub fn running(&self) -> &[SeqId] {
         &self.running

@@ -59,6 +59,8 @@ pub struct ReferenceExecutor {
     pub record: bool,
     /// Fail the step with this number (0-based), once.
     pub fail_step: Option<usize>,
+    /// Fail it with a device error (else a rejected batch).
+    pub fail_with_device_error: bool,
     steps: usize,
 }
 
@@ -83,6 +85,7 @@ impl ReferenceExecutor {
             batches: Vec::new(),
             record: false,
             fail_step: None,
+            fail_with_device_error: false,
             steps: 0,
         }
     }
@@ -117,7 +120,11 @@ impl Executor for ReferenceExecutor {
         self.steps += 1;
         if self.fail_step == Some(step) {
             self.fail_step = None;
-            return Err(ExecError::Device("injected failure".into()));
+            return Err(if self.fail_with_device_error {
+                ExecError::Device("injected failure".into())
+            } else {
+                ExecError::InvalidBatch("injected failure".into())
+            });
         }
         if self.record {
             self.batches.push(batch.clone());

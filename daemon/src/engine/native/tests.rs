@@ -67,6 +67,8 @@ struct TinyExecutor {
     gpu: Vec<Vec<Option<u32>>>,
     host: Vec<Vec<Option<u32>>>,
     step_delay: Duration,
+    fail_at_step: Option<usize>,
+    steps: usize,
 }
 
 impl TinyExecutor {
@@ -87,6 +89,8 @@ impl TinyExecutor {
             gpu: vec![vec![None; block_size]; num_gpu_blocks],
             host: vec![vec![None; block_size]; 8],
             step_delay,
+            fail_at_step: None,
+            steps: 0,
         }
     }
 }
@@ -104,6 +108,10 @@ impl Executor for TinyExecutor {
     fn step(&mut self, batch: &StepBatch, out: &mut StepOutput) -> Result<(), ExecError> {
         std::thread::sleep(self.step_delay);
         out.clear();
+        self.steps += 1;
+        if self.fail_at_step == Some(self.steps) {
+            return Err(ExecError::Device("an illegal memory access was encountered".into()));
+        }
         let bs = self.layout.block_size;
         for s in &batch.seqs {
             for (i, &t) in s.tokens.iter().enumerate() {
@@ -299,6 +307,36 @@ fn many_concurrent_requests_under_kv_pressure() {
         assert_eq!(text, expected_text(p, 20), "{p}");
     }
     assert!(e.stats().preemptions > 0);
+}
+
+#[test]
+fn a_device_failure_fails_the_requests_and_stops_the_engine() {
+    let config = NativeConfig::new("unused.gguf");
+    let e = NativeEngine::start(
+        Arc::new(ByteVocab),
+        Box::new(|| {
+            let mut exec = TinyExecutor::new(64, Duration::ZERO);
+            exec.fail_at_step = Some(3);
+            Ok(Box::new(exec) as Box<dyn Executor>)
+        }),
+        &config,
+    )
+    .unwrap();
+    let mut rx = e.generate(request("doomed request", 50)).unwrap();
+    let error = loop {
+        match rx.blocking_recv() {
+            Some(EngineEvent::Error(message)) => break message,
+            Some(_) => {}
+            None => panic!("no error event"),
+        }
+    };
+    assert!(error.contains("illegal memory access"), "{error}");
+    // The engine thread ended (in a runner: the process, so the supervisor restarts it).
+    let start = Instant::now();
+    while e.generate(request("next", 1)).is_ok() {
+        assert!(start.elapsed() < Duration::from_secs(2));
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 #[test]

@@ -202,6 +202,13 @@ pub(super) fn run(
         for live in lives.values_mut() {
             live.out.flush();
         }
+        if let Some(failure) = core.device_failure() {
+            // Every request was told (Failed → Error events, flushed above). The device may be
+            // unusable (sticky CUDA errors): end the runner so its supervisor starts a fresh one
+            // (runners abort on any thread's panic).
+            tracing::error!("native engine: device failure, the runner restarts: {failure}");
+            panic!("native engine: device failure: {failure}");
+        }
         // Finished and delivered (a closed channel empties its outbox on flush); live requests
         // whose client left are aborted by the cancellation pass of the next iteration.
         lives.retain(|_, l| !(l.finished && l.out.is_empty()));

@@ -273,6 +273,23 @@ fn executor_failure_fails_the_batch_only() {
 }
 
 #[test]
+fn a_device_failure_fails_everything_and_is_reported() {
+    let mut exec = ReferenceExecutor::new(VOCAB, 4, 64, 0).with_limits(64, 1);
+    exec.fail_step = Some(1);
+    exec.fail_with_device_error = true;
+    let mut c = core(exec, CoreConfig::default());
+    c.add(request(1, 0, prompt(9, 5), 5)).unwrap();
+    c.add(request(2, 0, prompt(10, 5), 5)).unwrap();
+    c.step();
+    let events = c.step();
+    // Only one sequence per step, but both fail: the device is not trusted any more.
+    assert_eq!(events.iter().filter(|e| matches!(e, SeqEvent::Failed { .. })).count(), 2, "{events:?}");
+    assert!(c.device_failure().unwrap().contains("injected"));
+    assert!(!c.has_work());
+    assert!(matches!(c.add(request(3, 0, prompt(9, 5), 5)), Err(CoreError::Exec(_))));
+}
+
+#[test]
 fn chunked_prefill_keeps_decodes_going_within_the_budget() {
     let mut exec = ReferenceExecutor::new(VOCAB, 4, 128, 0).with_limits(8, 16);
     exec.record = true;
