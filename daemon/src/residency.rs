@@ -138,6 +138,14 @@ pub fn kv_bytes_per_token(model: &std::path::Path) -> Option<u64> {
     Some(layers * kv_heads * (key_len + value_len) * 2)
 }
 
+/// Where a served engine runs: its folder of links, its GPUs and its cache.
+#[derive(Debug)]
+struct ServedPlace<'a> {
+    dir: &'a std::path::Path,
+    gpus: &'a [u32],
+    cache: &'a std::path::Path,
+}
+
 /// What a served engine's runner is started with.
 #[derive(Debug)]
 struct ServedLaunch {
@@ -315,11 +323,16 @@ impl Residency {
         };
         let number = self.next_socket.fetch_add(1, Ordering::SeqCst);
         let socket = self.runners_dir.join(format!("runner-{number}.sock"));
+        // Served engines take `[engines] gpus` unless the load names GPUs.
+        let gpus = match ServedKind::from_name(&engine) {
+            Some(_) if request.gpus.is_empty() => engines.gpus.clone(),
+            _ => request.gpus.clone(),
+        };
         let (model_path, model_dir, served) = match ServedKind::from_name(&engine) {
             Some(kind) => {
                 let dir = self.runners_dir.join(format!("model-{number}"));
-                let served =
-                    self.prepare_served(kind, request, &dir, &engines, &engines_cache, &config).await?;
+                let place = ServedPlace { dir: &dir, gpus: &gpus, cache: &engines_cache };
+                let served = self.prepare_served(kind, request, &place, &engines, &config).await?;
                 (dir.clone(), Some(dir), Some(served))
             }
             None if engine == "llama.cpp" && !request.folder.is_empty() => {
@@ -356,12 +369,11 @@ impl Residency {
             threads: config.threads,
             // A GPU's runner runs on the cores of that GPU's NUMA node; CPU-only runners on the
             // configured set.
-            cpus: request
-                .gpus
+            cpus: gpus
                 .first()
                 .and_then(|gpu| crate::inventory::gpu_local_cpus(*gpu))
                 .unwrap_or_else(|| config.cpus.clone()),
-            gpus: request.gpus.clone(),
+            gpus,
             socket,
             engine_args: served.as_ref().map(|s| s.args.clone()).unwrap_or_default(),
         };
@@ -424,11 +436,11 @@ impl Residency {
         &self,
         kind: ServedKind,
         request: &LoadRequest,
-        dir: &std::path::Path,
+        place: &ServedPlace<'_>,
         engines: &EnginesConfig,
-        cache: &std::path::Path,
         config: &RunnersConfig,
     ) -> Result<ServedLaunch> {
+        let (dir, cache) = (place.dir, place.cache);
         let name = &request.name;
         if request.folder.is_empty() {
             return Err(Error::InvalidArgument(format!(
@@ -451,7 +463,7 @@ impl Residency {
             .await
             .map_err(|e| Error::Internal(format!("folder check: {e}")))?;
         let checked = info.map_err(|e| e.to_string()).and_then(|info| {
-            kind.check_servable(&info, u32::try_from(request.gpus.len()).unwrap_or(0)).map(|()| info)
+            kind.check_servable(&info, u32::try_from(place.gpus.len()).unwrap_or(0)).map(|()| info)
         });
         let info = match checked {
             Ok(info) => info,

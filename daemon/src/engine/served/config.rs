@@ -18,6 +18,8 @@ pub struct EnginesConfig {
     /// the model on its first start).
     #[serde(with = "duration_text")]
     pub start_timeout: Duration,
+    /// GPUs served engines run on when the load names none (`hyperctl run --gpus`); empty = CPU.
+    pub gpus: Vec<u32>,
     /// Compile caches and home directory of the served engines. Default: `<cache_dir>/engines`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_dir: Option<PathBuf>,
@@ -48,6 +50,7 @@ impl Default for EnginesConfig {
         Self {
             folder_default: "vllm".into(),
             start_timeout: Duration::from_secs(900),
+            gpus: Vec::new(),
             cache_dir: None,
             vllm: EngineInstall::default(),
             max: EngineInstall::default(),
