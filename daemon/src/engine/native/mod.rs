@@ -361,4 +361,6 @@ impl Drop for NativeEngine {
 }
 
 #[cfg(test)]
+mod llama_tests;
+#[cfg(test)]
 mod tests;

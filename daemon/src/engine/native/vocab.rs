@@ -95,7 +95,7 @@ impl Vocabulary for LlamaVocabulary {
 #[cfg(test)]
 #[path = "../../../../tests/support/tiny_model.rs"]
 #[allow(dead_code)]
-mod tiny_model;
+pub(super) mod tiny_model;
 
 #[cfg(test)]
 mod tests {
