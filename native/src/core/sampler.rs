@@ -186,9 +186,22 @@ impl Sampler {
         }
     }
 
-    /// top-k → typical-p → top-p → min-p → temperature → draw.
-    fn draw(&mut self, logits: &[f32]) -> TokenId {
-        let p = self.params.clone();
+    /// What a non-greedy draw chooses from: penalties, top-k, typical-p, top-p and min-p
+    /// applied, logits divided by the temperature; `(token, logit)`, highest first.
+    pub fn candidates(&mut self, logits: &[f32]) -> Vec<(TokenId, f32)> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        scratch.extend_from_slice(logits);
+        self.apply_penalties(&mut scratch);
+        self.filter(&scratch);
+        self.scratch = scratch;
+        let temp = self.params.temperature;
+        self.candidates.iter().map(|&(t, l)| (t, l / temp)).collect()
+    }
+
+    /// top-k → typical-p → top-p → min-p, into `self.candidates`, highest logit first.
+    fn filter(&mut self, logits: &[f32]) {
+        let p = &self.params;
         let cands = &mut self.candidates;
         cands.clear();
         cands.extend(logits.iter().enumerate().map(|(i, &l)| (i as TokenId, l)));
@@ -212,7 +225,13 @@ impl Sampler {
             cands.sort_unstable_by(by_logit_desc);
             cands.truncate(kept);
         }
-        let temp = p.temperature;
+    }
+
+    /// Filters, applies the temperature and draws.
+    fn draw(&mut self, logits: &[f32]) -> TokenId {
+        self.filter(logits);
+        let cands = &self.candidates;
+        let temp = self.params.temperature;
         let probs = softmax(cands.iter().map(|c| c.1 / temp));
         let r = self.rng.next_f64();
         let mut acc = 0.0;
