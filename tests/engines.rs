@@ -48,6 +48,7 @@ fn venvs(test: &str, engines: &[&str]) -> Option<Vec<PathBuf>> {
 /// The engines' compile caches, kept between runs (MAX compiles a model for minutes the first
 /// time), writable by the daemon's service account.
 fn engine_cache() -> PathBuf {
+    hyperllama_tests::ensure_service_user();
     let dir = repo().join(".cache/engines/runtime-cache");
     std::fs::create_dir_all(&dir).unwrap();
     let ok = Command::new("chown").args(["-R", SERVICE_USER]).arg(&dir).status().unwrap().success();
