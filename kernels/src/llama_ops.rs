@@ -302,6 +302,40 @@ impl Gpu {
         Ok(())
     }
 
+    /// One token's `y_i = w_i x` for three matrices of the same type and width (q, k, v) in one
+    /// launch.
+    pub fn gemv_multi(
+        &self,
+        ws: [&DeviceWeight; 3],
+        x: &CudaSlice<f32>,
+        ys: [&mut CudaSlice<f32>; 3],
+    ) -> Result<(), KernelError> {
+        let (ty, cols) = (ws[0].ty, ws[0].cols);
+        if ws.iter().any(|w| w.ty != ty || w.cols != cols) {
+            return invalid("gemv_multi needs matrices of one type and width".into());
+        }
+        need("x", x.len(), cols)?;
+        for (w, y) in ws.iter().zip(ys.iter()) {
+            need("y", y.len(), w.rows)?;
+        }
+        let func = self.function(KernelFamily::Llama, &format!("gemv_multi_{}", ty.suffix()))?;
+        let rows: Vec<i32> = ws.iter().map(|w| i32_of("rows", w.rows)).collect::<Result<_, _>>()?;
+        let max_rows = ws.iter().map(|w| w.rows).max().unwrap_or(0);
+        let cols_i = i32_of("cols", cols)?;
+        let row_bytes = i64::try_from(ty.row_bytes(cols)).unwrap_or(i64::MAX);
+        let [y0, y1, y2] = ys;
+        let mut b = self.stream().launch_builder(&func);
+        b.arg(y0).arg(&ws[0].data).arg(&rows[0]).arg(y1).arg(&ws[1].data).arg(&rows[1]);
+        b.arg(y2).arg(&ws[2].data).arg(&rows[2]).arg(x).arg(&cols_i).arg(&row_bytes);
+        // SAFETY: signature `(float* y0, const u8* w0, int rows0, float* y1, const u8* w1, int
+        // rows1, float* y2, const u8* w2, int rows2, const float* x, int cols, long long rb)`;
+        // each w_i holds rows_i rows of rb bytes (one type and width, checked), each y_i rows_i
+        // floats, x cols floats; the grid covers the largest matrix, 2 rows per warp.
+        unsafe { b.launch(grid_1d(max_rows.div_ceil(2) * 32, 128)?) }
+            .map_err(KernelError::driver("cuLaunchKernel"))?;
+        Ok(())
+    }
+
     fn gemv_views(
         &self,
         w: &DeviceWeight,

@@ -76,6 +76,26 @@ fn gemv_and_embed_match_reference_for_every_weight_type() {
                     gpu.gemv_glu(&dw, &dw2, &dx, &mut dy).unwrap();
                     let (rel, max) = errors(&gpu.download(&dy).unwrap(), &reference::swiglu(&want, &want2));
                     assert!(rel <= 2e-5, "gemv_glu {ty:?} {rows}x{cols}: rel {rel:e} max {max:e}");
+                    // Three projections of one x (q, k, v shapes: k and v have fewer rows).
+                    let kv_rows = (rows / 4).max(1);
+                    let wk = random_weights(ty, kv_rows, cols, seed ^ 0x6666);
+                    let wv = random_weights(ty, kv_rows, cols, seed ^ 0x7777);
+                    let (dk, dv) = (
+                        gpu.upload_weight(ty, kv_rows, cols, &wk).unwrap(),
+                        gpu.upload_weight(ty, kv_rows, cols, &wv).unwrap(),
+                    );
+                    let mut y0 = gpu.upload(&vec![f32::NAN; rows]).unwrap();
+                    let mut y1 = gpu.upload(&vec![f32::NAN; kv_rows]).unwrap();
+                    let mut y2 = gpu.upload(&vec![f32::NAN; kv_rows]).unwrap();
+                    gpu.gemv_multi([&dw, &dk, &dv], &dx, [&mut y0, &mut y1, &mut y2]).unwrap();
+                    for (got, want) in [
+                        (gpu.download(&y0).unwrap(), want.clone()),
+                        (gpu.download(&y1).unwrap(), reference::gemv(ty, &wk, kv_rows, cols, &x)),
+                        (gpu.download(&y2).unwrap(), reference::gemv(ty, &wv, kv_rows, cols, &x)),
+                    ] {
+                        let (rel, max) = errors(&got, &want);
+                        assert!(rel <= 1e-5, "gemv_multi {ty:?} {rows}x{cols}: rel {rel:e} max {max:e}");
+                    }
                     for v in ["n1", "r2", "r4", "k1", "k2", "k4", "c2", "c4"] {
                         let mut dy = gpu.upload(&vec![f32::NAN; rows]).unwrap();
                         gpu.gemv_variant(&dw, &dx, &mut dy, v).unwrap();

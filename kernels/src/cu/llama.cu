@@ -9,6 +9,7 @@
 //   gemv_<w>_k<R>        one token, R rows per 4-warp block, columns split across the warps
 //   gemv_<w>_c<R>        one token, R rows per warp, coalesced 16-byte segments (decode default)
 //   gemv_glu_<w>         one token: silu(gate x) * (up x), both matrices in one pass
+//   gemv_multi_<w>       one token: three projections of the same x (q, k, v) in one pass
 //   rope_f32             rotary embedding in place on q and k (normal or NeoX pairs, optional
 //                        per-frequency factors = Llama 3 scaling from `rope_freqs.weight`)
 //   swiglu_f32           out = silu(gate) * up (swiglu_inplace_f32: into gate)
@@ -687,6 +688,56 @@ __device__ void gemv_glu(float* __restrict__ y, const u8* __restrict__ wg, const
     }
 }
 
+// Up to three projections of the same x in one pass (q, k, v of one token; same type and
+// width, any row counts): warp w takes rows [R w, R w + R) of every matrix that has them, so
+// those rows share each x segment load.
+template <typename S, int R>
+__device__ void gemv_multi(float* __restrict__ y0, const u8* __restrict__ w0, int rows0,
+                           float* __restrict__ y1, const u8* __restrict__ w1, int rows1,
+                           float* __restrict__ y2, const u8* __restrict__ w2, int rows2,
+                           const float* __restrict__ x, int cols, long long row_bytes) {
+    const int warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31;
+    const int r0 = (blockIdx.x * 4 + warp) * R;
+    float* ys[3] = {y0, y1, y2};
+    const u8* ws[3] = {w0, w1, w2};
+    const int rs[3] = {rows0, rows1, rows2};
+    if (r0 >= rows0 && r0 >= rows1 && r0 >= rows2) return;
+    const int segs = cols / S::SEGV;
+    float acc[3][R];
+#pragma unroll
+    for (int m = 0; m < 3; ++m)
+#pragma unroll
+        for (int i = 0; i < R; ++i) acc[m][i] = 0.0f;
+#pragma unroll 2
+    for (int s = lane; s < segs; s += 32) {
+        float xv[S::SEGV];
+        float xs[2];
+        S::load_x(x, s, xv);
+        S::xsums(xv, xs);
+#pragma unroll
+        for (int m = 0; m < 3; ++m) {
+            if (r0 < rs[m]) {
+#pragma unroll
+                for (int i = 0; i < R; ++i) {
+                    const long long off = (long long)min(r0 + i, rs[m] - 1) * row_bytes;
+                    acc[m][i] += S::dot(ws[m] + off, s, xv, xs);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int m = 0; m < 3; ++m) {
+        if (r0 < rs[m]) {
+#pragma unroll
+            for (int i = 0; i < R; ++i) {
+                const float v = warp_sum(acc[m][i]);
+                if (lane == 0 && r0 + i < rs[m]) ys[m][r0 + i] = v;
+            }
+        }
+    }
+}
+
 #define COALESCED_ENTRIES(SUF, S)                                                                  \
     extern "C" __global__ void __launch_bounds__(128) gemv_##SUF##_c2(                             \
         float* y, const u8* w, const float* x, int rows, int cols, int n, long long rb) {           \
@@ -699,6 +750,11 @@ __device__ void gemv_glu(float* __restrict__ y, const u8* __restrict__ wg, const
     extern "C" __global__ void __launch_bounds__(128) gemv_glu_##SUF(                              \
         float* y, const u8* wg, const u8* wu, const float* x, int rows, int cols, long long rb) {   \
         gemv_glu<S, 2>(y, wg, wu, x, rows, cols, rb);                                              \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(128) gemv_multi_##SUF(                            \
+        float* y0, const u8* w0, int rows0, float* y1, const u8* w1, int rows1, float* y2,          \
+        const u8* w2, int rows2, const float* x, int cols, long long rb) {                          \
+        gemv_multi<S, 2>(y0, w0, rows0, y1, w1, rows1, y2, w2, rows2, x, cols, rb);                \
     }
 
 COALESCED_ENTRIES(f32, SF32)

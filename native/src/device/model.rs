@@ -351,6 +351,13 @@ pub struct StepShape {
     pub block_size: usize,
 }
 
+/// Whether decode computes q, k and v in one pass (`HYPERLLAMA_NO_QKV_FUSION` turns it off,
+/// for measurements).
+fn fuse_qkv() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("HYPERLLAMA_NO_QKV_FUSION").is_none())
+}
+
 /// Runs the layers for `shape.tokens` tokens (inputs already in `ws`), then the final norm,
 /// and the output projection + argmax for the rows `out_rows` (token indices).
 pub fn forward(
@@ -388,9 +395,15 @@ pub fn forward(
             hidden: h,
             eps: cfg.eps,
         })?;
-        gpu.gemv(&lw.q, &ws.normed, n, &mut ws.q)?;
-        gpu.gemv(&lw.k, &ws.normed, n, &mut ws.k)?;
-        gpu.gemv(&lw.v, &ws.normed, n, &mut ws.v)?;
+        // Q8_0 keeps three K-split GEMVs: its coalesced kernel (which the fused pass uses) is
+        // slower (notes/native-engine.md, v7).
+        if n == 1 && fuse_qkv() && lw.q.ty != WeightType::Q8_0 && lw.q.ty == lw.k.ty && lw.q.ty == lw.v.ty {
+            gpu.gemv_multi([&lw.q, &lw.k, &lw.v], &ws.normed, [&mut ws.q, &mut ws.k, &mut ws.v])?;
+        } else {
+            gpu.gemv(&lw.q, &ws.normed, n, &mut ws.q)?;
+            gpu.gemv(&lw.k, &ws.normed, n, &mut ws.k)?;
+            gpu.gemv(&lw.v, &ws.normed, n, &mut ws.v)?;
+        }
         gpu.rope(Rope {
             q: &mut ws.q,
             k: &mut ws.k,
