@@ -7,7 +7,10 @@
 //!
 //! For each model: every prompt alone (prefill in one step, then one token per step), then all
 //! prompts together in one batch (mixed prompt lengths in one prefill step, then batched decode).
-//! Prints one line per model and `RESULT: PASS` or `RESULT: FAIL`; without a GPU it prints a
+//! Prints one line per (model, reference) pair and `RESULT: PASS` or `RESULT: FAIL`; PASS needs
+//! every token equal where llama.cpp computed in f32 (the F32 model and the F32 copies of the
+//! dequantized Q8_0 / Q4_K_M weights); the pairs against llama.cpp on the same F16/quantized file
+//! are printed for information (llama.cpp rounds activations there). Without a GPU it prints a
 //! SKIPPED line and exits 0.
 
 use std::collections::BTreeMap;
@@ -172,7 +175,15 @@ fn main() -> ExitCode {
             Err(e) => detail += &format!("\n  batch error: {e}"),
         }
         let ok = alone_ok == cases.len() && batch_ok == cases.len();
-        all_ok &= ok;
+        // llama.cpp's CPU kernels round activations to f16 / q8_0 / q8_K for F16 and quantized
+        // weights, so only its f32 runs (the F32 model, and F32 copies of the dequantized
+        // weights) are exact references; the others are reported, not required.
+        let exact_reference = reference.contains("f32") || reference.contains("-deq");
+        if exact_reference {
+            all_ok &= ok;
+        } else {
+            detail += "\n  (informational: llama.cpp rounds activations for this file's weight type)";
+        }
         println!(
             "{model} vs llama.cpp on {reference}: {:?} on {}: first-token logits max |diff| {worst_logit:.4}; alone {alone_ok}/{} prompts, batch of {} {batch_ok}/{} prompts match llama.cpp's {n} greedy tokens{}",
             ex.weight_types(),
