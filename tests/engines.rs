@@ -88,12 +88,17 @@ fn create(daemon: &Daemon, name: &str, folder: &Path, extra: &str) {
     assert!(out.status.success(), "create {name}: {}", text(&out));
 }
 
-/// Loads `model` with `engine` (and answers a first prompt), as an admin does.
-fn load(daemon: &Daemon, model: &str, engine: &str) {
+/// Loads `model` with `engine` (and answers a first prompt), as an admin does; `None` leaves the
+/// choice to the daemon (`engines.folder_default` for folder models).
+fn load(daemon: &Daemon, model: &str, engine: Option<&str>) {
     let started = Instant::now();
-    let out = daemon.ctl(&["run", "--engine", engine, "--keepalive", "-1", model, "Hello"]);
-    assert!(out.status.success(), "run --engine {engine}: {}\n{}", text(&out), daemon.log());
-    eprintln!("{model}: {engine} loaded and answered in {:.1}s", started.elapsed().as_secs_f32());
+    let mut args = vec!["run", "--keepalive", "-1", model, "Hello"];
+    if let Some(engine) = engine {
+        args.splice(1..1, ["--engine", engine]);
+    }
+    let out = daemon.ctl(&args);
+    assert!(out.status.success(), "run {engine:?}: {}\n{}", text(&out), daemon.log());
+    eprintln!("{model}: {engine:?} loaded and answered in {:.1}s", started.elapsed().as_secs_f32());
 }
 
 /// A JSON request over loopback; returns status and body.
@@ -193,8 +198,8 @@ fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
 
 /// Chat, streamed chat, /api/chat, usage, metrics, a killed server restarted, stop tearing the
 /// tree down; returns the greedy answer to "hello".
-fn exercise(daemon: &Daemon, model: &str, engine: &str) -> String {
-    load(daemon, model, engine);
+fn exercise(daemon: &Daemon, model: &str, engine: &str, named: bool) -> String {
+    load(daemon, model, named.then_some(engine));
     // OpenAI chat: the messages reach the server's template, usage comes back.
     let answer = post(daemon, "/v1/chat/completions", hello(model, 12));
     let content = answer["choices"][0]["message"]["content"].as_str().unwrap().to_string();
@@ -283,7 +288,7 @@ fn max_serves_through_hyperllamad() {
     let daemon = start(Some(&venvs[0]), None);
     let folder = tiny_folder(&daemon, &venvs[0]);
     create(&daemon, "tiny", &folder, "");
-    exercise(&daemon, "tiny", "max");
+    exercise(&daemon, "tiny", "max", true);
 }
 
 #[test]
@@ -293,7 +298,8 @@ fn vllm_serves_through_hyperllamad() {
     let daemon = start(None, Some(&venvs[0]));
     let folder = tiny_folder(&daemon, &venvs[0]);
     create(&daemon, "tiny", &folder, "");
-    exercise(&daemon, "tiny", "vllm");
+    // Not named: folder models default to vllm (engines.folder_default).
+    exercise(&daemon, "tiny", "vllm", false);
 }
 
 #[test]
@@ -305,8 +311,8 @@ fn max_and_vllm_give_the_same_greedy_text() {
     // Two names with different manifests, so each is loaded by its own engine.
     create(&daemon, "tiny-max", &folder, "");
     create(&daemon, "tiny-vllm", &folder, "PARAMETER num_ctx 512");
-    load(&daemon, "tiny-max", "max");
-    load(&daemon, "tiny-vllm", "vllm");
+    load(&daemon, "tiny-max", Some("max"));
+    load(&daemon, "tiny-vllm", Some("vllm"));
     for (path, request) in [
         ("/v1/chat/completions", hello("M", 24)),
         (
