@@ -537,7 +537,12 @@ impl Request {
                             .await;
                     }
                     pieces += 1;
-                    if self.tx.send(EngineEvent::Text { text: chunk.text, logprob: None }).await.is_err() {
+                    if self
+                        .tx
+                        .send(EngineEvent::Text { text: chunk.text, logprob: chunk.logprob })
+                        .await
+                        .is_err()
+                    {
                         return EngineEvent::Done {
                             reason: FinishReason::Cancelled,
                             stats: RequestStats::default(),

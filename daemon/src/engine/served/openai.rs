@@ -47,6 +47,9 @@ pub fn body(request: &GenerateRequest, model: &str, ext: Extensions) -> (Endpoin
     let endpoint = match &request.prompt {
         Prompt::Text(text) => {
             body["prompt"] = json!(text);
+            if request.logprobs {
+                body["logprobs"] = json!(0);
+            }
             Endpoint::Completions
         }
         Prompt::Chat(chat) => {
@@ -64,6 +67,9 @@ pub fn body(request: &GenerateRequest, model: &str, ext: Extensions) -> (Endpoin
                 })
                 .collect();
             body["messages"] = json!(messages);
+            if request.logprobs {
+                body["logprobs"] = json!(true);
+            }
             if let Some(tools) =
                 chat.tools_json.as_deref().and_then(|t| serde_json::from_str::<Value>(t).ok())
             {
@@ -136,6 +142,8 @@ pub struct Usage {
 pub struct Chunk {
     /// New text.
     pub text: String,
+    /// Its log-probability (the sum over its tokens), when asked for and reported.
+    pub logprob: Option<f32>,
     /// Set on the choice's last chunk.
     pub finish: Option<FinishReason>,
     /// Set on the usage chunk.
@@ -158,6 +166,18 @@ pub fn parse_chunk(data: &str) -> Result<Chunk, String> {
             .and_then(|t| t.as_str())
             .unwrap_or_default();
         chunk.text = text.to_string();
+        // Chat: logprobs.content[].logprob; completions: logprobs.token_logprobs[].
+        let logprobs = choice.get("logprobs").filter(|l| !l.is_null());
+        let values: Option<Vec<f64>> = logprobs.and_then(|l| {
+            if let Some(content) = l.get("content").and_then(Value::as_array) {
+                Some(content.iter().filter_map(|e| e.get("logprob").and_then(Value::as_f64)).collect())
+            } else {
+                l.get("token_logprobs")
+                    .and_then(Value::as_array)
+                    .map(|v| v.iter().filter_map(Value::as_f64).collect())
+            }
+        });
+        chunk.logprob = values.filter(|v| !v.is_empty()).map(|v| v.iter().sum::<f64>() as f32);
         chunk.finish = match choice.get("finish_reason").and_then(|f| f.as_str()) {
             None => None,
             Some("length") => Some(FinishReason::Length),
@@ -284,6 +304,29 @@ mod tests {
         .unwrap();
         assert_eq!(c.usage, Some(Usage { prompt_tokens: 5, completion_tokens: 3, cached_tokens: 2 }));
         assert_eq!(parse_chunk(r#"{"error":{"message":"boom"}}"#).unwrap_err(), "boom");
+    }
+
+    #[test]
+    fn logprobs_are_asked_for_and_read_back() {
+        let mut r = request(Prompt::Text("x".into()));
+        r.logprobs = true;
+        let ext = Extensions { sampling: true, chat_template: true };
+        assert_eq!(body(&r, "m", ext).1["logprobs"], 0);
+        let chat =
+            ChatPrompt { messages: vec![], template: None, tools_json: None, add_generation_prompt: true };
+        r.prompt = Prompt::Chat(chat);
+        assert_eq!(body(&r, "m", ext).1["logprobs"], true);
+        let c = parse_chunk(
+            r#"{"choices":[{"delta":{"content":"ab"},"logprobs":{"content":[{"token":"a","logprob":-0.5},{"token":"b","logprob":-0.25}]}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.logprob, Some(-0.75));
+        let c =
+            parse_chunk(r#"{"choices":[{"text":"a","logprobs":{"tokens":["a"],"token_logprobs":[-1.5]}}]}"#)
+                .unwrap();
+        assert_eq!(c.logprob, Some(-1.5));
+        let c = parse_chunk(r#"{"choices":[{"text":"a","logprobs":null}]}"#).unwrap();
+        assert_eq!(c.logprob, None);
     }
 
     #[test]
