@@ -27,6 +27,14 @@ export HYPERLLAMA_SKIP_LOG="$CACHE/skipped.log"
 rm -f "$HYPERLLAMA_SKIP_LOG"
 status=0
 cargo test --release --locked --workspace -- --test-threads="${TEST_THREADS:-2}" || status=$?
+# The native engine served end to end on a GPU (skipped, with a line in the skip log, without one).
+if ls /dev/nvidia0 >/dev/null 2>&1; then
+    model="$CACHE/native-ref/tiny-f32.gguf"
+    [ -f "$model" ] || cargo run --release --locked -p hyperllama-native --example llama_reference -- "$CACHE/native-ref"
+    bash tests/gpu/native_serve.sh "$REPO/target/release" "$model" || status=1
+else
+    echo "tests/gpu/native_serve.sh: no NVIDIA GPU here; run it on the GPU machine" >>"$HYPERLLAMA_SKIP_LOG"
+fi
 # The .deb/.rpm installed in a booted Debian (systemd-nspawn; as root, else it reports itself skipped).
 # It packages the release binaries built above (HYPERLLAMA_PKG_NO_BUILD=1).
 log "install test (tests/install/run.sh)"

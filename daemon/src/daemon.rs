@@ -99,6 +99,7 @@ pub async fn run(prepared: Prepared, cli: Arc<Cli>) -> Result<()> {
         GlobalQueue::new(usize::try_from(prepared.config.quota.service_max_queued).unwrap_or(usize::MAX)),
     )?;
     residency.set_engines(prepared.config.engines.clone(), dirs.cache.join("engines"));
+    residency.set_kernel_cache(dirs.cache.join("kernels"));
     let shared = Shared::new(SharedParts {
         config: prepared.config,
         db,

@@ -95,11 +95,11 @@ pub fn engines(
             name: "native".into(),
             available: gpu_probe_error.is_empty() && gpu_count > 0,
             detail: if !gpu_probe_error.is_empty() {
-                format!("unavailable: {gpu_probe_error}")
+                gpu_probe_error.to_string()
             } else if gpu_count == 0 {
-                "unavailable: no GPU found".into()
+                "no GPU found".into()
             } else {
-                format!("{gpu_count} GPU(s); CUDA kernels compiled by NVRTC at load (GGUF Llama/Qwen)")
+                format!("{gpu_count} GPU(s); CUDA kernels compiled by NVRTC at load (Llama/Mistral GGUF)")
             },
         },
         supervised(ServedKind::Vllm),
@@ -138,7 +138,7 @@ mod tests {
         assert!(!max.available && max.detail.contains("max[serve]"), "{}", max.detail);
         let native = engines.iter().find(|e| e.name == "native").unwrap();
         assert!(!native.available);
-        assert_eq!(native.detail, "unavailable: no CUDA driver found");
+        assert_eq!(native.detail, "no CUDA driver found");
         let no_gpu = super::engines("", 0, &served);
         let native = no_gpu.iter().find(|e| e.name == "native").unwrap();
         assert!(!native.available && native.detail.contains("no GPU"));

@@ -206,6 +206,12 @@ pub struct Residency {
     load_lock: AsyncMutex<()>,
     global: Arc<GlobalQueue>,
     next_socket: AtomicU32,
+    kernel_cache: Mutex<Option<PathBuf>>,
+}
+
+/// The GPU a native-engine load that names none runs on: the one with the most free memory.
+fn native_default_gpu(found: &[hyperllama_proto::v1::GpuInfo]) -> Option<Vec<u32>> {
+    found.iter().max_by_key(|g| g.free_bytes).map(|g| vec![g.index])
 }
 
 impl Residency {
@@ -224,6 +230,7 @@ impl Residency {
             load_lock: AsyncMutex::new(()),
             global,
             next_socket: AtomicU32::new(0),
+            kernel_cache: Mutex::new(None),
         }))
     }
 
@@ -234,6 +241,12 @@ impl Residency {
 
     fn config(&self) -> RunnersConfig {
         self.config.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Where runners keep compiled GPU kernels (`<cache_dir>/kernels`): the daemon's cache, not
+    /// the `$HOME` of whoever started it.
+    pub fn set_kernel_cache(&self, dir: PathBuf) {
+        *self.kernel_cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(dir);
     }
 
     /// Applies `[engines]`; `default_cache` is `<cache_dir>/engines`, used unless configured.
@@ -323,9 +336,21 @@ impl Residency {
         };
         let number = self.next_socket.fetch_add(1, Ordering::SeqCst);
         let socket = self.runners_dir.join(format!("runner-{number}.sock"));
-        // Served engines take `[engines] gpus` unless the load names GPUs.
+        // Served engines take `[engines] gpus` unless the load names GPUs; the native engine
+        // too, else the GPU with the most free memory (it cannot run without one).
         let gpus = match ServedKind::from_name(&engine) {
             Some(_) if request.gpus.is_empty() => engines.gpus.clone(),
+            None if engine == "native" && request.gpus.is_empty() && engines.gpus.is_empty() => {
+                let (found, why) =
+                    tokio::task::spawn_blocking(crate::inventory::gpus).await.unwrap_or_default();
+                native_default_gpu(&found).ok_or_else(|| {
+                    let why = if why.is_empty() { "no GPU found".to_string() } else { why };
+                    Error::InvalidArgument(format!(
+                        "the native engine needs an NVIDIA GPU and none is usable here ({why}); use --engine llama.cpp"
+                    ))
+                })?
+            }
+            None if engine == "native" && request.gpus.is_empty() => engines.gpus.clone(),
             _ => request.gpus.clone(),
         };
         let (model_path, model_dir, served) = match ServedKind::from_name(&engine) {
@@ -376,6 +401,7 @@ impl Residency {
             gpus,
             socket,
             engine_args: served.as_ref().map(|s| s.args.clone()).unwrap_or_default(),
+            kernel_cache: self.kernel_cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
         };
         let start_timeout = if model_dir.is_some() {
             engines.start_timeout.max(config.start_timeout)
@@ -637,6 +663,14 @@ impl Residency {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn native_loads_without_gpus_take_the_freest_gpu() {
+        use hyperllama_proto::v1::GpuInfo;
+        let gpu = |index, free_bytes| GpuInfo { index, free_bytes, ..GpuInfo::default() };
+        assert_eq!(super::native_default_gpu(&[gpu(0, 10), gpu(1, 30), gpu(2, 20)]), Some(vec![1]));
+        assert_eq!(super::native_default_gpu(&[]), None);
+    }
+
     use super::*;
 
     #[test]

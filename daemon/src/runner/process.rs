@@ -42,6 +42,9 @@ pub struct RunnerSpec {
     pub socket: PathBuf,
     /// Further runner flags for the engine (served engines: where installed, cache, memory).
     pub engine_args: Vec<String>,
+    /// Where GPU engines keep NVRTC-compiled kernels (`<cache_dir>/kernels`, the service user's);
+    /// `None` leaves the kernels crate's default (`$HOME/.cache`), for tests.
+    pub kernel_cache: Option<PathBuf>,
 }
 
 /// How a runner ended.
@@ -106,6 +109,7 @@ impl RunnerProcess {
             .args(&spec.engine_args)
             .env("CUDA_VISIBLE_DEVICES", spec.gpus.iter().map(u32::to_string).collect::<Vec<_>>().join(","))
             .env("HYPERLLAMA_LOG_FORMAT", "text")
+            .envs(spec.kernel_cache.iter().map(|dir| ("HYPERLLAMA_KERNEL_CACHE", dir.as_os_str())))
             // malloc backs the runner's heap (and so llama.cpp's KV buffers) with huge pages:
             // reserved pages when the host has a pool, transparent huge pages otherwise.
             .env(huge_pages.0, huge_pages.1)

@@ -18,7 +18,8 @@ pub struct EnginesConfig {
     /// the model on its first start).
     #[serde(with = "duration_text")]
     pub start_timeout: Duration,
-    /// GPUs served engines run on when the load names none (`hyperctl run --gpus`); empty = CPU.
+    /// GPUs served engines and the native engine run on when the load names none (`hyperctl run
+    /// --gpus`); empty = CPU for served engines, the GPU with the most free memory for native.
     pub gpus: Vec<u32>,
     /// Compile caches and home directory of the served engines. Default: `<cache_dir>/engines`.
     #[serde(skip_serializing_if = "Option::is_none")]
