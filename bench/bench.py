@@ -133,13 +133,15 @@ def children(pid):
     return out
 
 
-def scenario(server, name, clients, prompt_words, system_words, max_tokens, seed):
+def scenario(server, name, clients, prompt_words, system_words, max_tokens, seed, tag=""):
+    """`tag` starts every prompt (and the system prompt): a run tagged differently shares no prefix
+    with it, so no server is timed on KV another run (or another server on the same port) left."""
     client = run_openai if server["api"] == "openai" else run_ollama
-    system = text_of(system_words, 99) if system_words else ""
+    system = f"[{tag}] " + text_of(system_words, 99) if system_words else ""
     start = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
         futures = [
-            pool.submit(client, server["url"], server["model"], text_of(prompt_words, seed + i), system, max_tokens)
+            pool.submit(client, server["url"], server["model"], (f"[{tag}-{i}] " if tag else "") + text_of(prompt_words, seed + i), system, max_tokens)
             for i in range(clients)
         ]
         results = [f.result() for f in futures]
@@ -189,16 +191,18 @@ def main():
 
     for rep in range(args.repeats):
         for label, params in scenarios:
-            for s in servers:  # alternate servers inside each repetition
-                r = scenario(s, label, params["clients"], params["prompt_words"], params["system_words"], args.max_tokens, seed=rep * 100)
+            for k, s in enumerate(servers):  # alternate servers inside each repetition
+                tag = f"r{rep}s{k}"  # cold for every run: no server reuses another run's prompts
+                r = scenario(s, label, params["clients"], params["prompt_words"], params["system_words"], args.max_tokens, seed=rep * 100, tag=tag)
                 entry = results[s["name"]].setdefault(label, {"tok_s": [], "ttft": []})
                 entry["tok_s"].append(r["tok_s"])
                 entry["ttft"] += r["ttft"]
                 print(f"rep {rep} {label:28s} {s['name']:28s} {r['tok_s']:7.1f} tok/s", file=sys.stderr)
 
     # Time to first token of a long prompt: cold (first time) vs warm (repeated).
-    for s in servers:
-        long_prompt = text_of(700, 7 + len(s["name"]))
+    for k, s in enumerate(servers):
+        # Unique per server: the two HyperLlama endpoints share one daemon and its prefix cache.
+        long_prompt = f"[ttft-{k}] " + text_of(700, 7)
         client = run_openai if s["api"] == "openai" else run_ollama
         cold = client(s["url"], s["model"], long_prompt, "", 8).ttft
         warm = [client(s["url"], s["model"], long_prompt, "", 8).ttft for _ in range(3)]
