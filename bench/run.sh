@@ -36,16 +36,23 @@ trap "exit 130" INT TERM
 
 wait_http() { for _ in $(seq 600); do curl -sf "$1" >/dev/null 2>&1 && return 0; sleep 0.2; done; die "$1 did not come up"; }
 
+for port in 18081 18082 18083; do
+    ! curl -s -o /dev/null "http://127.0.0.1:$port/" || die "port $port is taken (a server left from an earlier run?)"
+done
+
+# Runs in this shell (not in $(...)) so that the cleanup trap knows the pid; sets $started.
 start_llama_server() { # name port parallel
     "$llama_server" -m "$model" -t "$THREADS" -tb "$THREADS" --parallel "$3" -c $((CTX_PER_SEQ * $3)) \
         --host 127.0.0.1 --port "$2" >"$bench/$1.log" 2>&1 &
-    pids+=($!)
-    echo $!
+    started=$!
+    pids+=("$started")
 }
 
 log "starting llama-server --parallel 1 and --parallel 8"
-p1=$(start_llama_server llama-server-p1 18081 1)
-p8=$(start_llama_server llama-server-p8 18082 8)
+start_llama_server llama-server-p1 18081 1
+p1=$started
+start_llama_server llama-server-p8 18082 8
+p8=$started
 
 log "starting hyperllamad"
 hl="$bench/hyperllama"
