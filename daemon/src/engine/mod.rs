@@ -16,48 +16,9 @@ use std::fmt;
 
 use tokio::sync::mpsc;
 
-/// Sampling and stopping parameters, as Ollama's `options` name them.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SamplingParams {
-    /// 0 means greedy.
-    pub temperature: f32,
-    /// 0 disables.
-    pub top_k: i32,
-    /// 1.0 disables.
-    pub top_p: f32,
-    /// 0 disables.
-    pub min_p: f32,
-    /// 1.0 disables.
-    pub typical_p: f32,
-    /// Window for the repetition penalties; 0 disables, -1 means the context size.
-    pub repeat_last_n: i32,
-    /// 1.0 disables.
-    pub repeat_penalty: f32,
-    /// 0 disables.
-    pub presence_penalty: f32,
-    /// 0 disables.
-    pub frequency_penalty: f32,
-    /// Random seed; `None` picks one.
-    pub seed: Option<u64>,
-}
-
-impl Default for SamplingParams {
-    /// Ollama's defaults.
-    fn default() -> Self {
-        Self {
-            temperature: 0.8,
-            top_k: 40,
-            top_p: 0.9,
-            min_p: 0.0,
-            typical_p: 1.0,
-            repeat_last_n: 64,
-            repeat_penalty: 1.1,
-            presence_penalty: 0.0,
-            frequency_penalty: 0.0,
-            seed: None,
-        }
-    }
-}
+/// Sampling parameters, as Ollama's `options` name them, with Ollama's defaults: one type for
+/// every engine (the native core's).
+pub use hyperllama_native::core::sampler::SamplerParams as SamplingParams;
 
 /// Constrained output.
 #[derive(Debug, Clone, PartialEq, Eq)]

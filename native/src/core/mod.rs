@@ -11,6 +11,7 @@
 pub mod blocks;
 pub mod engine;
 pub mod executor;
+pub mod penalty;
 pub mod prefix;
 pub mod rng;
 pub mod sampler;

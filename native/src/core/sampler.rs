@@ -8,9 +8,9 @@
 //! Cost: penalties O(distinct tokens in the window); the filters sort at most the candidates
 //! left after top-k (a partial selection when top-k is on), O(V) otherwise.
 
-use std::collections::{HashMap, VecDeque};
-
 use super::executor::TokenId;
+use super::penalty::PenaltyWindow;
+pub use super::penalty::{argmax, log_prob};
 use super::rng::SplitMix64;
 
 /// Sampling parameters, as Ollama's `options` name them (mirrors the daemon's `SamplingParams`).
@@ -84,9 +84,7 @@ impl SamplerParams {
 #[derive(Debug, Clone)]
 pub struct Sampler {
     params: SamplerParams,
-    last_n: usize,
-    recent: VecDeque<TokenId>,
-    counts: HashMap<TokenId, u32>,
+    penalties: PenaltyWindow<TokenId>,
     rng: SplitMix64,
     scratch: Vec<f32>,
     candidates: Vec<(TokenId, f32)>,
@@ -95,16 +93,10 @@ pub struct Sampler {
 impl Sampler {
     /// A sampler; `context` resolves `repeat_last_n = -1`.
     pub fn new(params: SamplerParams, context: usize) -> Self {
-        let last_n = match params.repeat_last_n {
-            n if n < 0 => context,
-            n => n as usize,
-        };
         let seed = params.seed.unwrap_or_else(random_seed);
         Self {
+            penalties: PenaltyWindow::new(&params, context),
             params,
-            last_n,
-            recent: VecDeque::new(),
-            counts: HashMap::new(),
             rng: SplitMix64::new(seed),
             scratch: Vec::new(),
             candidates: Vec::new(),
@@ -123,11 +115,7 @@ impl Sampler {
 
     /// Whether the penalties change nothing.
     pub fn penalties_off(&self) -> bool {
-        let p = &self.params;
-        self.last_n == 0
-            || ((p.repeat_penalty == 1.0 || p.repeat_penalty <= 0.0)
-                && p.frequency_penalty == 0.0
-                && p.presence_penalty == 0.0)
+        self.penalties.is_disabled()
     }
 
     /// Whether the raw argmax is the answer (the device may pick it, no logits needed).
@@ -137,28 +125,12 @@ impl Sampler {
 
     /// Records a token (prompt or generated) in the penalty window.
     pub fn accept(&mut self, token: TokenId) {
-        if self.penalties_off() {
-            return;
-        }
-        *self.counts.entry(token).or_insert(0) += 1;
-        if self.recent.len() >= self.last_n
-            && let Some(old) = self.recent.pop_front()
-            && let Some(c) = self.counts.get_mut(&old)
-        {
-            *c -= 1;
-            if *c == 0 {
-                self.counts.remove(&old);
-            }
-        }
-        self.recent.push_back(token);
+        self.penalties.accept(token);
     }
 
     /// Records the prompt (only its last `repeat_last_n` tokens matter).
     pub fn accept_prompt(&mut self, tokens: &[TokenId]) {
-        let start = tokens.len().saturating_sub(self.last_n);
-        for &t in &tokens[start..] {
-            self.accept(t);
-        }
+        self.penalties.accept_prompt(tokens);
     }
 
     /// Chooses the next token from a raw logits row.
@@ -173,17 +145,7 @@ impl Sampler {
     }
 
     fn apply_penalties(&self, logits: &mut [f32]) {
-        if self.penalties_off() {
-            return;
-        }
-        let p = &self.params;
-        let repeat = if p.repeat_penalty > 0.0 { p.repeat_penalty } else { 1.0 };
-        for (&token, &count) in &self.counts {
-            if let Some(l) = logits.get_mut(token as usize) {
-                let v = if *l <= 0.0 { *l * repeat } else { *l / repeat };
-                *l = v - count as f32 * p.frequency_penalty - p.presence_penalty;
-            }
-        }
+        self.penalties.apply(logits);
     }
 
     /// What a non-greedy draw chooses from: penalties, top-k, typical-p, top-p and min-p
@@ -287,27 +249,6 @@ fn softmax(values: impl Iterator<Item = f32> + Clone) -> Vec<f64> {
     let exps: Vec<f64> = values.map(|v| f64::from(v - max).exp()).collect();
     let sum: f64 = exps.iter().sum();
     exps.into_iter().map(|e| e / sum).collect()
-}
-
-/// Index of the first maximum (llama.cpp's greedy tie rule).
-pub fn argmax(values: &[f32]) -> usize {
-    let mut best = 0;
-    let mut best_v = f32::NEG_INFINITY;
-    for (i, &v) in values.iter().enumerate() {
-        if v > best_v {
-            best_v = v;
-            best = i;
-        }
-    }
-    best
-}
-
-/// `log softmax(logits)[index]`, computed stably.
-pub fn log_prob(logits: &[f32], index: usize) -> f32 {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
-    let chosen = logits.get(index).copied().unwrap_or(f32::NEG_INFINITY);
-    (f64::from(chosen - max) - sum.ln()) as f32
 }
 
 fn random_seed() -> u64 {

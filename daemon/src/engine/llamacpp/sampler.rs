@@ -38,7 +38,7 @@ impl Scratch {
 
 /// How one sequence picks its tokens.
 pub(crate) struct SequenceSampler {
-    penalties: PenaltyWindow,
+    penalties: PenaltyWindow<i32>,
     /// `None`: greedy.
     chain: Option<LlamaSampler>,
     grammar: Option<LlamaSampler>,
@@ -53,7 +53,7 @@ impl SequenceSampler {
         n_ctx: u32,
         prompt: &[LlamaToken],
     ) -> Result<Self, EngineError> {
-        let mut penalties = PenaltyWindow::new(params, n_ctx);
+        let mut penalties = PenaltyWindow::new(params, n_ctx as usize);
         if !penalties.is_disabled() {
             let ids: Vec<i32> = prompt.iter().map(|t| t.0).collect();
             penalties.accept_prompt(&ids);
