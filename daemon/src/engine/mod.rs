@@ -6,6 +6,7 @@
 pub mod llamacpp;
 pub mod max;
 pub mod native;
+pub(crate) mod outbox;
 pub mod sampling;
 pub mod served;
 pub mod stop;

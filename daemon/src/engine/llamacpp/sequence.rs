@@ -5,16 +5,15 @@
 //! consecutive text is merged into one event, so the queue stays short and the engine never
 //! waits for a client. A closed channel means the client is gone: the sequence is cancelled.
 
-use std::collections::VecDeque;
 use std::time::Instant;
 
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::TrySendError;
 
 use super::prompt::Admitted;
 use super::sampler::SequenceSampler;
+use crate::engine::outbox::Outbox;
 use crate::engine::stop::{StopMatcher, StopOutcome, Utf8Stream};
 use crate::engine::{EngineEvent, FinishReason, RequestStats};
 
@@ -22,66 +21,6 @@ use crate::engine::{EngineEvent, FinishReason, RequestStats};
 pub(crate) struct Pending {
     pub admitted: Admitted,
     pub tx: mpsc::Sender<EngineEvent>,
-}
-
-/// Delivers events in order without blocking.
-pub(super) struct Outbox {
-    tx: mpsc::Sender<EngineEvent>,
-    queue: VecDeque<EngineEvent>,
-}
-
-impl Outbox {
-    pub(super) fn new(tx: mpsc::Sender<EngineEvent>) -> Self {
-        Self { tx, queue: VecDeque::new() }
-    }
-
-    /// Whether the receiver was dropped.
-    pub(super) fn is_closed(&self) -> bool {
-        self.tx.is_closed()
-    }
-
-    /// Whether everything was delivered.
-    pub(super) fn is_empty(&self) -> bool {
-        self.queue.is_empty()
-    }
-
-    pub(super) fn push(&mut self, event: EngineEvent) {
-        if self.queue.is_empty() {
-            match self.tx.try_send(event) {
-                Ok(()) | Err(TrySendError::Closed(_)) => {}
-                Err(TrySendError::Full(event)) => self.queue.push_back(event),
-            }
-            return;
-        }
-        if let (Some(EngineEvent::Text { text, logprob }), EngineEvent::Text { text: more, logprob: lp }) =
-            (self.queue.back_mut(), &event)
-        {
-            text.push_str(more);
-            *logprob = match (*logprob, *lp) {
-                (Some(a), Some(b)) => Some(a + b),
-                (a, b) => a.or(b),
-            };
-            return;
-        }
-        self.queue.push_back(event);
-    }
-
-    /// Sends what the channel has room for.
-    pub(super) fn flush(&mut self) {
-        while let Some(event) = self.queue.pop_front() {
-            match self.tx.try_send(event) {
-                Ok(()) => {}
-                Err(TrySendError::Full(event)) => {
-                    self.queue.push_front(event);
-                    return;
-                }
-                Err(TrySendError::Closed(_)) => {
-                    self.queue.clear();
-                    return;
-                }
-            }
-        }
-    }
 }
 
 /// A request holding a slot.

@@ -22,9 +22,10 @@ use llama_cpp_2::token::LlamaToken;
 
 use super::embed::{EmbedJob, Embedder};
 use super::sampler::Scratch;
-use super::sequence::{Outbox, Pending, Sequence};
+use super::sequence::{Pending, Sequence};
 use super::slots::{self, SlotInfo};
 use super::{HugePageMode, LlamaCppConfig, SharedStats, hugepages};
+use crate::engine::outbox::Outbox;
 use crate::engine::sampling::log_prob;
 use crate::engine::{EngineError, FinishReason};
 

@@ -4,7 +4,7 @@
 //! strings take effect between steps, so within one step. Events go through a per-request
 //! outbox so a slow client never blocks the engine.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -13,9 +13,9 @@ use hyperllama_native::core::engine::{CoreConfig, EngineCore, SeqEvent};
 use hyperllama_native::core::executor::{ExecError, Executor, SeqId};
 use hyperllama_native::core::sequence::{FinishReason as CoreFinish, SeqRequest};
 use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::TrySendError;
 
 use super::vocab::Vocabulary;
+use crate::engine::outbox::Outbox;
 use crate::engine::stop::{StopMatcher, StopOutcome, Utf8Stream};
 use crate::engine::{EngineError, EngineEvent, FinishReason, RequestStats};
 
@@ -301,63 +301,6 @@ fn handle(core: &mut EngineCore, lives: &mut HashMap<SeqId, Live>, vocab: &dyn V
             {
                 live.out.push(EngineEvent::Error(message));
                 live.finished = true;
-            }
-        }
-    }
-}
-
-/// Delivers events in order without blocking; consecutive text merges while the client lags.
-struct Outbox {
-    tx: mpsc::Sender<EngineEvent>,
-    queue: VecDeque<EngineEvent>,
-}
-
-impl Outbox {
-    fn new(tx: mpsc::Sender<EngineEvent>) -> Self {
-        Self { tx, queue: VecDeque::new() }
-    }
-
-    fn is_closed(&self) -> bool {
-        self.tx.is_closed()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.queue.is_empty()
-    }
-
-    fn push(&mut self, event: EngineEvent) {
-        if self.queue.is_empty() {
-            match self.tx.try_send(event) {
-                Ok(()) | Err(TrySendError::Closed(_)) => {}
-                Err(TrySendError::Full(event)) => self.queue.push_back(event),
-            }
-            return;
-        }
-        if let (Some(EngineEvent::Text { text, logprob }), EngineEvent::Text { text: more, logprob: lp }) =
-            (self.queue.back_mut(), &event)
-        {
-            text.push_str(more);
-            *logprob = match (*logprob, *lp) {
-                (Some(a), Some(b)) => Some(a + b),
-                (a, b) => a.or(b),
-            };
-            return;
-        }
-        self.queue.push_back(event);
-    }
-
-    fn flush(&mut self) {
-        while let Some(event) = self.queue.pop_front() {
-            match self.tx.try_send(event) {
-                Ok(()) => {}
-                Err(TrySendError::Full(event)) => {
-                    self.queue.push_front(event);
-                    return;
-                }
-                Err(TrySendError::Closed(_)) => {
-                    self.queue.clear();
-                    return;
-                }
             }
         }
     }
