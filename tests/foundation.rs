@@ -2,6 +2,7 @@
 //! hyperctl — status, authorization by uid, socket activation, SIGTERM drain, configuration errors.
 
 use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
 
@@ -249,4 +250,37 @@ fn sighup_reloads_configuration() {
         assert!(std::time::Instant::now() < deadline, "reload not applied: {shown}\n{}", daemon.log());
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Regression: copying the binaries in-process left the copy's write descriptor open in any child
+/// another test thread forked meanwhile, so executing the copy failed with ETXTBSY ("Text file
+/// busy") in CI. The copy now happens in a child process of its own. The race needs a fork inside a
+/// window of microseconds, so this test reproduces the CI load rather than failing every time.
+#[test]
+fn fresh_binary_copies_run_while_other_threads_spawn() {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let spawners: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // Setting the uid makes std fork (instead of posix_spawn), as the harness does.
+                    let uid = nix::unistd::getuid().as_raw();
+                    let _ = std::process::Command::new("true").uid(uid).status();
+                }
+            })
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for _ in 0..30 {
+        let (_dir, hyperctl, _hyperllamad) = test_dir();
+        match std::process::Command::new(&hyperctl).arg("--version").output() {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => failures.push(text(&out)),
+            Err(error) => failures.push(error.to_string()),
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    spawners.into_iter().for_each(|s| s.join().unwrap());
+    assert!(failures.is_empty(), "{failures:?}");
 }

@@ -159,14 +159,21 @@ pub fn test_dir() -> (tempfile::TempDir, PathBuf, PathBuf) {
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut copies = ["hyperctl", "hyperllamad"].into_iter().map(|name| {
         let target = bin.join(name);
-        std::fs::copy(built_binary(name), &target).unwrap();
-        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755)).unwrap();
+        install_executable(&built_binary(name), &target);
         target
     });
     let hyperctl = copies.next().unwrap();
     let hyperllamad = copies.next().unwrap();
     std::fs::write(dir.path().join("hyperllama.toml"), "").unwrap();
     (dir, hyperctl, hyperllamad)
+}
+
+/// Copies an executable with mode 0755 in a child process (`install`). Copying it here would hold
+/// a write descriptor on the copy that any child another test thread forks meanwhile inherits until
+/// its exec, and executing the copy then fails with ETXTBSY ("Text file busy").
+fn install_executable(from: &Path, to: &Path) {
+    let status = Command::new("install").arg("-m").arg("0755").arg(from).arg(to).status().unwrap();
+    assert!(status.success(), "install {} {}: {status}", from.display(), to.display());
 }
 
 impl Daemon {
