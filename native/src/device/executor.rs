@@ -17,8 +17,9 @@ use crate::core::executor::{
 
 use super::gguf::GgufFile;
 use super::model::{LayerCache, LlamaConfig, LlamaWeights, StepShape, Workspace, forward};
+use super::safetensors::{HfModel, is_hf_model_path};
 
-/// A Llama-family GGUF model loaded on one GPU.
+/// A Llama-family model (GGUF or Hugging Face safetensors) loaded on one GPU.
 pub struct LlamaExecutor {
     gpu: Gpu,
     cfg: LlamaConfig,
@@ -53,11 +54,15 @@ fn dev(e: KernelError) -> ExecError {
 }
 
 impl LlamaExecutor {
-    /// Loads `spec.model_path` (GGUF) onto `spec.device`.
+    /// Loads `spec.model_path` onto `spec.device`: a GGUF file, or a Hugging Face model
+    /// (a folder with `config.json` and safetensors, or one `.safetensors` file in such a folder).
     pub fn load(spec: &ExecutorSpec) -> Result<LlamaExecutor, ExecError> {
         if !driver_present() {
             return Err(ExecError::Unavailable("no CUDA driver found".into()));
         }
+        // A Hugging Face model's config and headers are checked before the GPU is touched.
+        let hf =
+            if is_hf_model_path(&spec.model_path) { Some(HfModel::open(&spec.model_path)?) } else { None };
         let gpu = Gpu::open_single_stream(spec.device, ModuleCache::new(default_cache_dir())).map_err(
             |e| match e {
                 KernelError::NoDriver | KernelError::NoSuchDevice { .. } => {
@@ -67,6 +72,10 @@ impl LlamaExecutor {
             },
         )?;
         gpu.load_all().map_err(dev)?;
+        if let Some(hf) = hf {
+            let weights = hf.load_weights(&gpu)?;
+            return Self::from_parts(gpu, hf.config.llama, weights, spec);
+        }
         let file = GgufFile::open(&spec.model_path)?;
         let cfg = LlamaConfig::from_gguf(&file)?;
         let weights = LlamaWeights::load(&gpu, &file, &cfg)?;

@@ -3,11 +3,14 @@
 //!
 //! - [`gguf`]: a bounded GGUF reader (metadata, tensor directory, one tensor's bytes at a time).
 //! - [`model`]: Llama hyper-parameters, weights uploaded in their GGUF encoding, the forward pass.
+//! - [`safetensors`]: Hugging Face model folders (bounded safetensors reader, `config.json`),
+//!   weights uploaded as stored (BF16/F16/F32).
 //! - [`executor`]: [`LlamaExecutor`], the core's `Executor` over them; [`load_executor`].
 
 pub mod executor;
 pub mod gguf;
 pub mod model;
+pub mod safetensors;
 
 pub use executor::LlamaExecutor;
 

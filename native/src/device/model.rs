@@ -101,25 +101,25 @@ impl LlamaConfig {
 /// One transformer block's weights.
 #[derive(Debug)]
 pub struct LayerWeights {
-    attn_norm: CudaSlice<f32>,
-    q: DeviceWeight,
-    k: DeviceWeight,
-    v: DeviceWeight,
-    o: DeviceWeight,
-    ffn_norm: CudaSlice<f32>,
-    gate: DeviceWeight,
-    up: DeviceWeight,
-    down: DeviceWeight,
+    pub(super) attn_norm: CudaSlice<f32>,
+    pub(super) q: DeviceWeight,
+    pub(super) k: DeviceWeight,
+    pub(super) v: DeviceWeight,
+    pub(super) o: DeviceWeight,
+    pub(super) ffn_norm: CudaSlice<f32>,
+    pub(super) gate: DeviceWeight,
+    pub(super) up: DeviceWeight,
+    pub(super) down: DeviceWeight,
 }
 
 /// All weights of the model on the device.
 #[derive(Debug)]
 pub struct LlamaWeights {
-    embed: DeviceWeight,
-    output: Option<DeviceWeight>,
-    output_norm: CudaSlice<f32>,
-    rope_factors: Option<CudaSlice<f32>>,
-    layers: Vec<LayerWeights>,
+    pub(super) embed: DeviceWeight,
+    pub(super) output: Option<DeviceWeight>,
+    pub(super) output_norm: CudaSlice<f32>,
+    pub(super) rope_factors: Option<CudaSlice<f32>>,
+    pub(super) layers: Vec<LayerWeights>,
     /// Bytes uploaded.
     pub bytes: u64,
     /// Encodings seen, for reports ("Q4_K x 193, Q6_K x 33, ...").
