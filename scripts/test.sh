@@ -20,6 +20,10 @@ export HYPERLLAMA_TEST_GEMMA="$(fetch_gemma)"
 log "installing the Python test clients"
 "$(venv)/bin/pip" install -q -r tests/clients/requirements.txt
 export HYPERLLAMA_TEST_PYTHON="$REPO/.venv/bin/python"
+# NVRTC alone (no driver, no GPU) from PyPI, so the kernel sources are compiled for every
+# supported architecture here too (kernels/tests/cache.rs); running them needs the GPU machine.
+"$(venv)/bin/pip" install -q nvidia-cuda-nvrtc-cu12==12.9.86
+export HYPERLLAMA_NVRTC_PATH="$("$REPO/.venv/bin/python" -c 'import nvidia.cuda_nvrtc, os; print(os.path.join(nvidia.cuda_nvrtc.__path__[0], "lib"))')"
 # Served engines for tests/engines.rs, in cached virtualenvs (.cache/engines/{max,vllm}).
 export HYPERLLAMA_TEST_MAX_VENV="$(max_engine)"
 export HYPERLLAMA_TEST_VLLM_VENV="$(vllm_engine)"

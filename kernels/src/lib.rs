@@ -44,7 +44,8 @@ pub use family::KernelFamily;
 pub use gpu::Gpu;
 pub use graph::StepGraph;
 pub use llama_ops::{
-    AttentionScratch, DeviceWeight, GEMV_MAX_TOKENS, KvWrite, PagedAttention, Rope, decode_gemv_variant,
+    ActQ8, AttentionScratch, DeviceWeight, GEMV_MAX_TOKENS, KvWrite, PagedAttention, Rope,
+    decode_gemv_variant,
 };
 pub use nvrtc::{ImageKind, NVRTC_PATH_ENV, nvrtc_info};
 pub use rmsnorm::{

@@ -1,6 +1,8 @@
 //! Safe launchers for the decoder kernels of `cu/llama.cu` (embedding lookup, dequantising
 //! GEMV, RoPE, SwiGLU, paged KV writes, split-KV paged attention, argmax). Activations are
-//! f32, weights keep their GGUF encoding ([`DeviceWeight`]), the KV cache is f16.
+//! f32, weights keep their GGUF encoding ([`DeviceWeight`]), the KV cache is f16. The
+//! one-token GEMVs of quantised weights can also take activations quantised to int8
+//! ([`ActQ8`], [`Gpu::quantize_act`]).
 //! Every launcher checks buffer lengths against the shape before the `unsafe` launch; the CPU
 //! references live in [`crate::reference`].
 
@@ -31,6 +33,28 @@ pub fn decode_gemv_variant(ty: WeightType) -> &'static str {
     match ty {
         WeightType::Q8_0 => "k4",
         _ => "c2",
+    }
+}
+
+/// Activations quantised to int8 blocks of 32 (q8_1: per block a scale `d = max|x| / 127` and
+/// `d * sum(q)`), the input of the `dp4a` GEMVs ([`Gpu::gemv_q8`], [`Gpu::gemv_glu_q8`],
+/// [`Gpu::gemv_multi_q8`]). Made by [`Gpu::act_q8`], filled by [`Gpu::quantize_act`].
+#[derive(Debug)]
+pub struct ActQ8 {
+    q: CudaSlice<i8>,
+    ds: CudaSlice<f32>,
+    cols: usize,
+}
+
+impl ActQ8 {
+    /// Values it holds (a multiple of 32).
+    pub fn capacity(&self) -> usize {
+        self.q.len()
+    }
+
+    /// Values per token of the last [`Gpu::quantize_act`].
+    pub fn cols(&self) -> usize {
+        self.cols
     }
 }
 
@@ -273,6 +297,126 @@ impl Gpu {
         // the grid covers every row group of the variant; loads of rows past the end are
         // clamped in-kernel and never written.
         unsafe { b.launch(cfg) }.map_err(KernelError::driver("cuLaunchKernel"))?;
+        Ok(())
+    }
+
+    /// Room for `values` quantised activations (rounded up to a block of 32).
+    pub fn act_q8(&self, values: usize) -> Result<ActQ8, KernelError> {
+        let values = values.max(32).next_multiple_of(32);
+        Ok(ActQ8 { q: self.alloc_zeros(values)?, ds: self.alloc_zeros(values / 16)?, cols: 0 })
+    }
+
+    /// Quantises `n` rows of `cols` activations (`cols` a multiple of 32) into `out`.
+    pub fn quantize_act(
+        &self,
+        x: &CudaSlice<f32>,
+        n: usize,
+        cols: usize,
+        out: &mut ActQ8,
+    ) -> Result<(), KernelError> {
+        if cols == 0 || !cols.is_multiple_of(32) {
+            return invalid(format!("int8 activations need a multiple of 32 values per row, got {cols}"));
+        }
+        need("x", x.len(), n * cols)?;
+        need("int8 activations", out.q.len(), n * cols)?;
+        out.cols = cols;
+        let blocks = i64::try_from(n * cols / 32).unwrap_or(i64::MAX);
+        let func = self.function(KernelFamily::Llama, "quantize_q8_1")?;
+        let mut b = self.stream().launch_builder(&func);
+        b.arg(&mut out.q).arg(&mut out.ds).arg(x).arg(&blocks);
+        // SAFETY: signature `(i8* q, float2* ds, const float* x, long long blocks)`; x holds
+        // blocks*32 floats, q blocks*32 bytes and ds 2*blocks floats (checked: ds has q/16);
+        // one warp per block, warps past `blocks` return.
+        unsafe { b.launch(grid_1d(n * cols, 256)?) }.map_err(KernelError::driver("cuLaunchKernel"))?;
+        Ok(())
+    }
+
+    fn check_q8(w: &DeviceWeight, x: &ActQ8) -> Result<(), KernelError> {
+        if !w.ty.int8_dot() {
+            return invalid(format!("{:?} weights take f32 activations, not int8", w.ty));
+        }
+        if x.cols != w.cols {
+            return invalid(format!(
+                "int8 activations of {} values for a matrix of {} columns",
+                x.cols, w.cols
+            ));
+        }
+        Ok(())
+    }
+
+    /// One token's `y = w x` over int8 activations (`dp4a`); `w` quantised (q8_0, q4_K, q6_K).
+    pub fn gemv_q8(&self, w: &DeviceWeight, x: &ActQ8, y: &mut CudaSlice<f32>) -> Result<(), KernelError> {
+        Self::check_q8(w, x)?;
+        need("y", y.len(), w.rows)?;
+        let func = self.function(KernelFamily::Llama, &format!("gemv_{}_q8", w.ty.suffix()))?;
+        let (rows, cols) = (i32_of("rows", w.rows)?, i32_of("cols", w.cols)?);
+        let row_bytes = i64::try_from(w.ty.row_bytes(w.cols)).unwrap_or(i64::MAX);
+        let mut b = self.stream().launch_builder(&func);
+        b.arg(y).arg(&w.data).arg(&x.q).arg(&x.ds).arg(&rows).arg(&cols).arg(&row_bytes);
+        // SAFETY: signature `(float* y, const u8* w, const i8* xq, const float2* xds, int rows,
+        // int cols, long long rb)`; x holds cols int8 values and cols/32 (d, s) pairs (checked
+        // cols), y rows floats, w rows rows of rb bytes; 2 rows per warp, clamped loads.
+        unsafe { b.launch(grid_1d(w.rows.div_ceil(2) * 32, 128)?) }
+            .map_err(KernelError::driver("cuLaunchKernel"))?;
+        Ok(())
+    }
+
+    /// [`Gpu::gemv_glu`] over int8 activations.
+    pub fn gemv_glu_q8(
+        &self,
+        gate: &DeviceWeight,
+        up: &DeviceWeight,
+        x: &ActQ8,
+        y: &mut CudaSlice<f32>,
+    ) -> Result<(), KernelError> {
+        if gate.ty != up.ty || gate.rows != up.rows || gate.cols != up.cols {
+            return invalid("gate and up must have the same type and shape".into());
+        }
+        Self::check_q8(gate, x)?;
+        need("y", y.len(), gate.rows)?;
+        let func = self.function(KernelFamily::Llama, &format!("gemv_glu_{}_q8", gate.ty.suffix()))?;
+        let (rows, cols) = (i32_of("rows", gate.rows)?, i32_of("cols", gate.cols)?);
+        let row_bytes = i64::try_from(gate.ty.row_bytes(gate.cols)).unwrap_or(i64::MAX);
+        let mut b = self.stream().launch_builder(&func);
+        b.arg(y).arg(&gate.data).arg(&up.data).arg(&x.q).arg(&x.ds).arg(&rows).arg(&cols).arg(&row_bytes);
+        // SAFETY: signature `(float* y, const u8* wg, const u8* wu, const i8* xq, const float2*
+        // xds, int rows, int cols, long long rb)`; both matrices rows rows of rb bytes (same
+        // shape, checked), x cols values (checked), y rows floats; 2 rows per warp, clamped.
+        unsafe { b.launch(grid_1d(gate.rows.div_ceil(2) * 32, 128)?) }
+            .map_err(KernelError::driver("cuLaunchKernel"))?;
+        Ok(())
+    }
+
+    /// [`Gpu::gemv_multi`] over int8 activations.
+    pub fn gemv_multi_q8(
+        &self,
+        ws: [&DeviceWeight; 3],
+        x: &ActQ8,
+        ys: [&mut CudaSlice<f32>; 3],
+    ) -> Result<(), KernelError> {
+        let (ty, cols) = (ws[0].ty, ws[0].cols);
+        if ws.iter().any(|w| w.ty != ty || w.cols != cols) {
+            return invalid("gemv_multi needs matrices of one type and width".into());
+        }
+        Self::check_q8(ws[0], x)?;
+        for (w, y) in ws.iter().zip(ys.iter()) {
+            need("y", y.len(), w.rows)?;
+        }
+        let func = self.function(KernelFamily::Llama, &format!("gemv_multi_{}_q8", ty.suffix()))?;
+        let rows: Vec<i32> = ws.iter().map(|w| i32_of("rows", w.rows)).collect::<Result<_, _>>()?;
+        let max_rows = ws.iter().map(|w| w.rows).max().unwrap_or(0);
+        let cols_i = i32_of("cols", cols)?;
+        let row_bytes = i64::try_from(ty.row_bytes(cols)).unwrap_or(i64::MAX);
+        let [y0, y1, y2] = ys;
+        let mut b = self.stream().launch_builder(&func);
+        b.arg(y0).arg(&ws[0].data).arg(&rows[0]).arg(y1).arg(&ws[1].data).arg(&rows[1]);
+        b.arg(y2).arg(&ws[2].data).arg(&rows[2]).arg(&x.q).arg(&x.ds).arg(&cols_i).arg(&row_bytes);
+        // SAFETY: signature `(float* y0, const u8* w0, int rows0, float* y1, const u8* w1, int
+        // rows1, float* y2, const u8* w2, int rows2, const i8* xq, const float2* xds, int cols,
+        // long long rb)`; each w_i rows_i rows of rb bytes (one type and width, checked), each
+        // y_i rows_i floats, x cols values (checked); grid covers the largest matrix.
+        unsafe { b.launch(grid_1d(max_rows.div_ceil(2) * 32, 128)?) }
+            .map_err(KernelError::driver("cuLaunchKernel"))?;
         Ok(())
     }
 

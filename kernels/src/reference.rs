@@ -19,6 +19,18 @@ pub fn gemv(ty: WeightType, w: &[u8], rows: usize, cols: usize, x: &[f32]) -> Ve
     y
 }
 
+/// `quantize_q8_1` of `cu/llama.cu`: per block of 32 values `d = max|x| / 127`, `q = round(x /
+/// d)` (ties to even, as `rintf`); returns the values the int8 GEMVs see, `q * d`.
+pub fn quantize_q8_1(x: &[f32]) -> Vec<f32> {
+    x.chunks(32)
+        .flat_map(|block| {
+            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            block.iter().map(move |&v| if amax == 0.0 { 0.0 } else { (v / d).round_ties_even() * d })
+        })
+        .collect()
+}
+
 /// Rotary embedding of one head vector in place (see `rope_f32` in `cu/llama.cu`).
 pub fn rope_head(v: &mut [f32], pos: i32, n_rot: usize, base: f32, factors: Option<&[f32]>, neox: bool) {
     let half = n_rot / 2;

@@ -33,6 +33,12 @@ impl WeightType {
         WeightType::Q6K,
     ];
 
+    /// Whether GEMVs of this type can take int8 activations ([`crate::ActQ8`], `dp4a`):
+    /// the quantised formats.
+    pub fn int8_dot(self) -> bool {
+        matches!(self, WeightType::Q8_0 | WeightType::Q4K | WeightType::Q6K)
+    }
+
     /// The GGUF/ggml type code.
     pub fn ggml_type(self) -> u32 {
         match self {

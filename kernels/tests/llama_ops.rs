@@ -49,6 +49,78 @@ fn errors(got: &[f32], want: &[f32]) -> (f64, f64) {
     ((num / den.max(1e-30)).sqrt(), max)
 }
 
+/// The int8-activation GEMVs of a quantised type against the reference GEMVs of the quantised
+/// x (`q * d`, which is what they compute), and the quantisation itself. `ws`: the main matrix
+/// (`rows`), the second GLU matrix (`rows`), k and v (`rows / 4`).
+fn int8_gemvs_match_reference(
+    gpu: &Gpu,
+    ty: WeightType,
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    ws: [&[u8]; 4],
+) {
+    let xq = reference::quantize_q8_1(x);
+    let dx = gpu.upload(x).unwrap();
+    let mut act = gpu.act_q8(cols).unwrap();
+    gpu.quantize_act(&dx, 1, cols, &mut act).unwrap();
+    let kv_rows = (rows / 4).max(1);
+    let up = |w: &[u8], r: usize| gpu.upload_weight(ty, r, cols, w).unwrap();
+    let (dw, dw2, dk, dv) = (up(ws[0], rows), up(ws[1], rows), up(ws[2], kv_rows), up(ws[3], kv_rows));
+    let want = reference::gemv(ty, ws[0], rows, cols, &xq);
+    let mut dy = gpu.upload(&vec![f32::NAN; rows]).unwrap();
+    gpu.gemv_q8(&dw, &act, &mut dy).unwrap();
+    let (rel, max) = errors(&gpu.download(&dy).unwrap(), &want);
+    assert!(rel <= 1e-5, "gemv_q8 {ty:?} {rows}x{cols}: rel {rel:e} max {max:e}");
+    // Quantising x costs at most half a step per value: against the f32 x the error stays small.
+    let (rel, _) = errors(&gpu.download(&dy).unwrap(), &reference::gemv(ty, ws[0], rows, cols, x));
+    assert!(rel <= 2e-2, "gemv_q8 {ty:?} {rows}x{cols} vs f32 activations: rel {rel:e}");
+
+    let want2 = reference::gemv(ty, ws[1], rows, cols, &xq);
+    let mut dy = gpu.upload(&vec![f32::NAN; rows]).unwrap();
+    gpu.gemv_glu_q8(&dw, &dw2, &act, &mut dy).unwrap();
+    let (rel, max) = errors(&gpu.download(&dy).unwrap(), &reference::swiglu(&want, &want2));
+    assert!(rel <= 2e-5, "gemv_glu_q8 {ty:?} {rows}x{cols}: rel {rel:e} max {max:e}");
+
+    let mut y0 = gpu.upload(&vec![f32::NAN; rows]).unwrap();
+    let mut y1 = gpu.upload(&vec![f32::NAN; kv_rows]).unwrap();
+    let mut y2 = gpu.upload(&vec![f32::NAN; kv_rows]).unwrap();
+    gpu.gemv_multi_q8([&dw, &dk, &dv], &act, [&mut y0, &mut y1, &mut y2]).unwrap();
+    for (got, want) in [
+        (gpu.download(&y0).unwrap(), want),
+        (gpu.download(&y1).unwrap(), reference::gemv(ty, ws[2], kv_rows, cols, &xq)),
+        (gpu.download(&y2).unwrap(), reference::gemv(ty, ws[3], kv_rows, cols, &xq)),
+    ] {
+        let (rel, max) = errors(&got, &want);
+        assert!(rel <= 1e-5, "gemv_multi_q8 {ty:?} {rows}x{cols}: rel {rel:e} max {max:e}");
+    }
+    // A matrix of another width, or f32 weights, are refused.
+    let other = gpu.upload_weight(ty, 1, cols * 2, &random_weights(ty, 1, cols * 2, 9)).unwrap();
+    assert!(gpu.gemv_q8(&other, &act, &mut dy).is_err());
+}
+
+#[test]
+fn int8_activation_gemvs_match_reference() {
+    let Some((gpu, _dir)) = gpu_or_skip("int8 gemv") else { return };
+    let mut cases = 0;
+    for ty in WeightType::ALL.into_iter().filter(|t| t.int8_dot()) {
+        for &(rows, cols) in &[(64usize, 256usize), (37, 512), (300, 4096), (5, 14336), (1000, 14336)] {
+            let seed = (rows * 131 + cols) as u64 ^ u64::from(ty.ggml_type()) << 40;
+            let kv_rows = (rows / 4).max(1);
+            let w = random_weights(ty, rows, cols, seed);
+            let w2 = random_weights(ty, rows, cols, seed ^ 0x5555);
+            let wk = random_weights(ty, kv_rows, cols, seed ^ 0x6666);
+            let wv = random_weights(ty, kv_rows, cols, seed ^ 0x7777);
+            // Activations as a model has them: mostly small, a few large (the per-block scale).
+            let mut x: Vec<f32> = SplitMix64::new(seed + 1).vec(cols, -1.0, 1.0);
+            x.iter_mut().step_by(97).for_each(|v| *v *= 40.0);
+            int8_gemvs_match_reference(&gpu, ty, rows, cols, &x, [&w, &w2, &wk, &wv]);
+            cases += 1;
+        }
+    }
+    eprintln!("int8 gemv: {cases} cases passed on {}", gpu.name());
+}
+
 #[test]
 fn gemv_and_embed_match_reference_for_every_weight_type() {
     let Some((gpu, _dir)) = gpu_or_skip("gemv/embed") else { return };

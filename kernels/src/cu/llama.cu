@@ -10,6 +10,9 @@
 //   gemv_<w>_c<R>        one token, R rows per warp, coalesced 16-byte segments (decode default)
 //   gemv_glu_<w>         one token: silu(gate x) * (up x), both matrices in one pass
 //   gemv_multi_<w>       one token: three projections of the same x (q, k, v) in one pass
+//   quantize_q8_1        f32 activations -> int8 blocks of 32 with scale and sum (q8_1)
+//   gemv{,_glu,_multi}_<w>_q8  the three one-token kernels over int8 activations (dp4a), for
+//                        the quantised formats q8_0, q4_K, q6_K
 //   rope_f32             rotary embedding in place on q and k (normal or NeoX pairs, optional
 //                        per-frequency factors = Llama 3 scaling from `rope_freqs.weight`)
 //   swiglu_f32           out = silu(gate) * up (swiglu_inplace_f32: into gate)
@@ -623,8 +626,180 @@ struct SQ6_K {
     }
 };
 
+// Float activations: x is read as f32 from global memory (through L1) per segment.
+template <typename B>
+struct FloatX {
+    typedef const float* X;
+    static constexpr int SEGV = B::SEGV;
+    struct XV {
+        float v[B::SEGV];
+        float s[2];
+    };
+    static __device__ __forceinline__ void load_x(X x, int s, XV& r) {
+        B::load_x(x, s, r.v);
+        B::xsums(r.v, r.s);
+    }
+    static __device__ __forceinline__ float dot(const u8* row, int s, const XV& r) {
+        return B::dot(row, s, r.v, r.s);
+    }
+};
+
+// ---- int8 activations --------------------------------------------------------------------
+//
+// The quantised GEMVs above are bound by the f32 x loads (a q4_K byte needs 8 bytes of x
+// through L1), not by the weight bytes. Quantising x once per GEMV input to int8 blocks of 32
+// (q8_1, as llama.cpp's CUDA backend does: d = max|x| / 127, q = round(x / d), and d * sum(q)
+// for q4_K's min term) cuts x traffic 4x and lets `dp4a` do four multiply-adds per
+// instruction. xq: [n][cols] int8; xds: [n][cols / 32] (d, d * sum q).
+struct XQ8 {
+    const i8* q;
+    const float2* ds;
+};
+
+// One warp per block of 32 values; grid covers n * cols / 32 warps.
+extern "C" __global__ void __launch_bounds__(256) quantize_q8_1(i8* __restrict__ q, float2* __restrict__ ds,
+                                                             const float* __restrict__ x, long long blocks) {
+    const long long b = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31;
+    if (b >= blocks) return;
+    const float v = x[b * 32 + lane];
+    float amax = fabsf(v);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const float d = amax / 127.0f;
+    const int qi = amax == 0.0f ? 0 : (int)rintf(v / d);
+    q[b * 32 + lane] = (i8)qi;
+    int sum = qi;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    if (lane == 0) ds[b] = make_float2(d, d * (float)sum);
+}
+
+__device__ __forceinline__ unsigned int ld32_2(const u8* p) {  // 4 bytes at a 2-byte boundary
+    return (unsigned int)ld16(p) | ((unsigned int)ld16(p + 2) << 16);
+}
+
+// q8_0 x int8: four lanes per 34-byte block, 8 quants each.
+struct DQ8_0 {
+    typedef XQ8 X;
+    static constexpr int SEGV = 8;
+    struct XV {
+        int q[2];
+        float d;
+    };
+    static __device__ __forceinline__ void load_x(X x, int s, XV& r) {
+        const int2 t = __ldg(reinterpret_cast<const int2*>(x.q) + s);
+        r.q[0] = t.x; r.q[1] = t.y;
+        r.d = __ldg(&x.ds[s >> 2].x);
+    }
+    static __device__ __forceinline__ float dot(const u8* row, int s, const XV& r) {
+        const u8* b = row + (size_t)(s >> 2) * 34;
+        const u8* q = b + 2 + 8 * (s & 3);
+        const int sum = __dp4a((int)ld32_2(q + 4), r.q[1], __dp4a((int)ld32_2(q), r.q[0], 0));
+        return f16f(ld16(b)) * r.d * (float)sum;
+    }
+};
+
+// q4_K x int8: eight lanes per 144-byte super-block, each one 16-byte piece of qs (as SQ4_K):
+// 16 low nibbles of sub-block 2j and 16 high nibbles of sub-block 2j+1, j = piece / 2. The
+// min term -dmin * m * sum(x) of a sub-block is added once, by the lane holding its first half.
+struct DQ4_K {
+    typedef XQ8 X;
+    static constexpr int SEGV = 32;
+    struct XV {
+        int lo[4], hi[4];
+        float d[2], s[2];
+    };
+    static __device__ __forceinline__ void load_x(X x, int s, XV& r) {
+        const int p = s & 7;
+        const int base = (s >> 3) * 256 + 64 * (p >> 1) + 16 * (p & 1);
+        const int4 a = __ldg(reinterpret_cast<const int4*>(x.q + base));
+        const int4 b = __ldg(reinterpret_cast<const int4*>(x.q + base + 32));
+        r.lo[0] = a.x; r.lo[1] = a.y; r.lo[2] = a.z; r.lo[3] = a.w;
+        r.hi[0] = b.x; r.hi[1] = b.y; r.hi[2] = b.z; r.hi[3] = b.w;
+        const float2 d0 = __ldg(&x.ds[base >> 5]);
+        const float2 d1 = __ldg(&x.ds[(base >> 5) + 1]);
+        r.d[0] = d0.x; r.d[1] = d1.x;
+        r.s[0] = (p & 1) ? 0.0f : d0.y;
+        r.s[1] = (p & 1) ? 0.0f : d1.y;
+    }
+    static __device__ __forceinline__ float dot(const u8* row, int s, const XV& r) {
+        const u8* b = row + (size_t)(s >> 3) * 144;
+        const int p = s & 7;
+        const uint4 u = reinterpret_cast<const uint4*>(b + 16)[p];
+        const unsigned int w[4] = {u.x, u.y, u.z, u.w};
+        int lo = 0, hi = 0;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            lo = __dp4a((int)(w[j] & 0x0F0F0F0Fu), r.lo[j], lo);
+            hi = __dp4a((int)((w[j] >> 4) & 0x0F0F0F0Fu), r.hi[j], hi);
+        }
+        const unsigned int dd = *reinterpret_cast<const unsigned int*>(b);
+        const float d = f16f((unsigned short)(dd & 0xffffu));
+        const float dmin = f16f((unsigned short)(dd >> 16));
+        int sc0, m0, sc1, m1;
+        q4k_scale_min(2 * (p >> 1), b + 4, &sc0, &m0);
+        q4k_scale_min(2 * (p >> 1) + 1, b + 4, &sc1, &m1);
+        return d * ((float)(sc0 * lo) * r.d[0] + (float)(sc1 * hi) * r.d[1]) -
+               dmin * ((float)m0 * r.s[0] + (float)m1 * r.s[1]);
+    }
+};
+
+// q6_K x int8: eight lanes per 210-byte super-block (as SQ6_K): lane t takes l in [8(t%4),
+// 8(t%4)+8) of half n = t/4, i.e. 8 values of each of the half's four 32-value groups.
+// q6 - 32 is computed as dp4a(q6, x) - 32 * dp4a(1, x).
+struct DQ6_K {
+    typedef XQ8 X;
+    static constexpr int SEGV = 32;
+    struct XV {
+        int q[4][2];
+        float d[4];
+    };
+    static __device__ __forceinline__ void load_x(X x, int s, XV& r) {
+        const int t = s & 7;
+        const int base = (s >> 3) * 256 + 128 * (t >> 2) + 8 * (t & 3);
+#pragma unroll
+        for (int g = 0; g < 4; ++g) {
+            const int2 v = __ldg(reinterpret_cast<const int2*>(x.q + base + 32 * g));
+            r.q[g][0] = v.x; r.q[g][1] = v.y;
+            r.d[g] = __ldg(&x.ds[(base >> 5) + g].x);
+        }
+    }
+    static __device__ __forceinline__ float dot(const u8* row, int s, const XV& r) {
+        const u8* b = row + (size_t)(s >> 3) * 210;
+        const int t = s & 7;
+        const int n = t >> 2;
+        const int l0 = 8 * (t & 3);
+        const u8* ql = b + 64 * n + l0;
+        const u8* qh = b + 128 + 32 * n + l0;
+        const i8* sc = reinterpret_cast<const i8*>(b + 192) + 8 * n + (l0 >> 4);
+        float acc = 0.0f;
+        int part[4] = {0, 0, 0, 0};
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const unsigned int a = ld32_2(ql + 4 * i);       // groups 0 (low) and 2 (high nibbles)
+            const unsigned int c = ld32_2(ql + 32 + 4 * i);  // groups 1 and 3
+            const unsigned int h = ld32_2(qh + 4 * i);
+            const unsigned int q0 = (a & 0x0F0F0F0Fu) | ((h & 0x03030303u) << 4);
+            const unsigned int q1 = (c & 0x0F0F0F0Fu) | ((h & 0x0C0C0C0Cu) << 2);
+            const unsigned int q2 = ((a >> 4) & 0x0F0F0F0Fu) | (h & 0x30303030u);
+            const unsigned int q3 = ((c >> 4) & 0x0F0F0F0Fu) | ((h >> 2) & 0x30303030u);
+            part[0] = __dp4a((int)q0, r.q[0][i], part[0]);
+            part[1] = __dp4a((int)q1, r.q[1][i], part[1]);
+            part[2] = __dp4a((int)q2, r.q[2][i], part[2]);
+            part[3] = __dp4a((int)q3, r.q[3][i], part[3]);
+        }
+#pragma unroll
+        for (int g = 0; g < 4; ++g) {
+            const int xsum = __dp4a(0x01010101, r.q[g][1], __dp4a(0x01010101, r.q[g][0], 0));
+            acc += (float)((int)sc[2 * g] * (part[g] - 32 * xsum)) * r.d[g];
+        }
+        return f16f(ld16(b + 208)) * acc;
+    }
+};
+
 template <typename S, int R>
-__device__ void gemv_coalesced(float* __restrict__ y, const u8* __restrict__ w, const float* __restrict__ x,
+__device__ void gemv_coalesced(float* __restrict__ y, const u8* __restrict__ w, typename S::X x,
                                int rows, int cols, long long row_bytes) {
     const int warp = threadIdx.x >> 5;
     const int lane = threadIdx.x & 31;
@@ -636,14 +811,12 @@ __device__ void gemv_coalesced(float* __restrict__ y, const u8* __restrict__ w, 
     for (int i = 0; i < R; ++i) acc[i] = 0.0f;
 #pragma unroll 2
     for (int s = lane; s < segs; s += 32) {
-        float xv[S::SEGV];
-        float xs[2];
+        typename S::XV xv;
         S::load_x(x, s, xv);
-        S::xsums(xv, xs);
 #pragma unroll
         for (int i = 0; i < R; ++i) {
             const int r = min(r0 + i, rows - 1);
-            acc[i] += S::dot(w + (long long)r * row_bytes, s, xv, xs);
+            acc[i] += S::dot(w + (long long)r * row_bytes, s, xv);
         }
     }
 #pragma unroll
@@ -658,7 +831,7 @@ __device__ void gemv_coalesced(float* __restrict__ y, const u8* __restrict__ w, 
 // segments) and the separate SwiGLU launch disappears.
 template <typename S, int R>
 __device__ void gemv_glu(float* __restrict__ y, const u8* __restrict__ wg, const u8* __restrict__ wu,
-                         const float* __restrict__ x, int rows, int cols, long long row_bytes) {
+                         typename S::X x, int rows, int cols, long long row_bytes) {
     const int warp = threadIdx.x >> 5;
     const int lane = threadIdx.x & 31;
     const int r0 = (blockIdx.x * 4 + warp) * R;
@@ -669,15 +842,13 @@ __device__ void gemv_glu(float* __restrict__ y, const u8* __restrict__ wg, const
     for (int i = 0; i < R; ++i) { ag[i] = 0.0f; au[i] = 0.0f; }
 #pragma unroll 2
     for (int s = lane; s < segs; s += 32) {
-        float xv[S::SEGV];
-        float xs[2];
+        typename S::XV xv;
         S::load_x(x, s, xv);
-        S::xsums(xv, xs);
 #pragma unroll
         for (int i = 0; i < R; ++i) {
             const long long off = (long long)min(r0 + i, rows - 1) * row_bytes;
-            ag[i] += S::dot(wg + off, s, xv, xs);
-            au[i] += S::dot(wu + off, s, xv, xs);
+            ag[i] += S::dot(wg + off, s, xv);
+            au[i] += S::dot(wu + off, s, xv);
         }
     }
 #pragma unroll
@@ -695,7 +866,7 @@ template <typename S, int R>
 __device__ void gemv_multi(float* __restrict__ y0, const u8* __restrict__ w0, int rows0,
                            float* __restrict__ y1, const u8* __restrict__ w1, int rows1,
                            float* __restrict__ y2, const u8* __restrict__ w2, int rows2,
-                           const float* __restrict__ x, int cols, long long row_bytes) {
+                           typename S::X x, int cols, long long row_bytes) {
     const int warp = threadIdx.x >> 5;
     const int lane = threadIdx.x & 31;
     const int r0 = (blockIdx.x * 4 + warp) * R;
@@ -711,17 +882,15 @@ __device__ void gemv_multi(float* __restrict__ y0, const u8* __restrict__ w0, in
         for (int i = 0; i < R; ++i) acc[m][i] = 0.0f;
 #pragma unroll 2
     for (int s = lane; s < segs; s += 32) {
-        float xv[S::SEGV];
-        float xs[2];
+        typename S::XV xv;
         S::load_x(x, s, xv);
-        S::xsums(xv, xs);
 #pragma unroll
         for (int m = 0; m < 3; ++m) {
             if (r0 < rs[m]) {
 #pragma unroll
                 for (int i = 0; i < R; ++i) {
                     const long long off = (long long)min(r0 + i, rs[m] - 1) * row_bytes;
-                    acc[m][i] += S::dot(ws[m] + off, s, xv, xs);
+                    acc[m][i] += S::dot(ws[m] + off, s, xv);
                 }
             }
         }
@@ -757,12 +926,33 @@ __device__ void gemv_multi(float* __restrict__ y0, const u8* __restrict__ w0, in
         gemv_multi<S, 2>(y0, w0, rows0, y1, w1, rows1, y2, w2, rows2, x, cols, rb);                \
     }
 
-COALESCED_ENTRIES(f32, SF32)
-COALESCED_ENTRIES(f16, S16<false>)
-COALESCED_ENTRIES(bf16, S16<true>)
-COALESCED_ENTRIES(q8_0, SQ8_0)
-COALESCED_ENTRIES(q4_k, SQ4_K)
-COALESCED_ENTRIES(q6_k, SQ6_K)
+COALESCED_ENTRIES(f32, FloatX<SF32>)
+COALESCED_ENTRIES(f16, FloatX<S16<false> >)
+COALESCED_ENTRIES(bf16, FloatX<S16<true> >)
+COALESCED_ENTRIES(q8_0, FloatX<SQ8_0>)
+COALESCED_ENTRIES(q4_k, FloatX<SQ4_K>)
+COALESCED_ENTRIES(q6_k, FloatX<SQ6_K>)
+
+// The same three kernels over int8 activations (`quantize_q8_1`): suffix `_q8`, R rows per warp.
+#define INT8_ENTRIES(SUF, S, R)                                                                    \
+    extern "C" __global__ void __launch_bounds__(128) gemv_##SUF##_q8(                             \
+        float* y, const u8* w, const i8* xq, const float2* xds, int rows, int cols, long long rb) { \
+        gemv_coalesced<S, R>(y, w, XQ8{xq, xds}, rows, cols, rb);                                  \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(128) gemv_glu_##SUF##_q8(                         \
+        float* y, const u8* wg, const u8* wu, const i8* xq, const float2* xds, int rows, int cols, \
+        long long rb) {                                                                            \
+        gemv_glu<S, R>(y, wg, wu, XQ8{xq, xds}, rows, cols, rb);                                   \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(128) gemv_multi_##SUF##_q8(                       \
+        float* y0, const u8* w0, int rows0, float* y1, const u8* w1, int rows1, float* y2,          \
+        const u8* w2, int rows2, const i8* xq, const float2* xds, int cols, long long rb) {         \
+        gemv_multi<S, R>(y0, w0, rows0, y1, w1, rows1, y2, w2, rows2, XQ8{xq, xds}, cols, rb);     \
+    }
+
+INT8_ENTRIES(q8_0, DQ8_0, 2)
+INT8_ENTRIES(q4_k, DQ4_K, 2)
+INT8_ENTRIES(q6_k, DQ6_K, 2)
 
 // ---- RoPE --------------------------------------------------------------------------------
 

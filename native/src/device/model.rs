@@ -7,8 +7,8 @@
 //! o GEMV -> rmsnorm(residual += x) -> gate/up GEMV -> SwiGLU -> down GEMV`.
 
 use hyperllama_kernels::{
-    AttentionScratch, DeviceWeight, F16, Gpu, KvWrite, PagedAttention, RmsNormResidual, Rope, WeightType,
-    dequantize_row,
+    ActQ8, AttentionScratch, DeviceWeight, F16, Gpu, KvWrite, PagedAttention, RmsNormResidual, Rope,
+    WeightType, dequantize_row,
 };
 
 use cudarc::driver::CudaSlice;
@@ -287,6 +287,8 @@ pub struct Workspace {
     rows: CudaSlice<f32>,
     pub(super) logits: CudaSlice<f32>,
     pub(super) argmax: CudaSlice<i32>,
+    /// One token's activations quantised to int8 for the quantised GEMVs.
+    act: ActQ8,
     scratch: AttentionScratch,
     scratch_triples: usize,
     max_tokens: usize,
@@ -324,6 +326,7 @@ impl Workspace {
             rows: gpu.alloc_zeros(max_seqs * cfg.hidden)?,
             logits: gpu.alloc_zeros(max_seqs * cfg.vocab)?,
             argmax: gpu.alloc_zeros(max_seqs)?,
+            act: gpu.act_q8(cfg.hidden.max(cfg.ffn).max(qd))?,
             scratch: gpu.attention_scratch(scratch_triples, cfg.head_dim)?,
             scratch_triples,
             max_tokens,
@@ -356,6 +359,53 @@ pub struct StepShape {
 fn fuse_qkv() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var_os("HYPERLLAMA_NO_QKV_FUSION").is_none())
+}
+
+/// Whether one-token steps feed quantised matrices int8 activations (`dp4a` GEMVs);
+/// `HYPERLLAMA_NO_INT8_ACT` turns it off for comparisons.
+fn int8_activations() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("HYPERLLAMA_NO_INT8_ACT").is_none())
+}
+
+/// Whether one-token GEMVs of `ty` read int8 activations. q4_K and q6_K do (Q4_K_M 8B: 215 ->
+/// 260 tok/s on an H100); q8_0 does not: its blocks are only 2-byte aligned and its `dp4a`
+/// kernel, built from 16-bit loads, was slower than the K-split f32 one (157 vs 181 tok/s).
+fn reads_int8(ty: WeightType) -> bool {
+    ty.int8_dot() && ty != WeightType::Q8_0
+}
+
+/// Quantises one token's `x` (`cols` values) into `act` when the step has one token and one of
+/// `readers` takes int8 activations; returns the quantised activations then.
+fn quantize_for<'a>(
+    gpu: &Gpu,
+    readers: &[&DeviceWeight],
+    x: &CudaSlice<f32>,
+    n: usize,
+    cols: usize,
+    act: &'a mut ActQ8,
+) -> Result<Option<&'a ActQ8>, DeviceError> {
+    if n != 1 || !int8_activations() || !readers.iter().any(|w| reads_int8(w.ty)) {
+        return Ok(None);
+    }
+    gpu.quantize_act(x, 1, cols, act)?;
+    Ok(Some(act))
+}
+
+/// `y = w x` for `n` tokens; over the int8 activations when given and `w` is quantised.
+fn project(
+    gpu: &Gpu,
+    w: &DeviceWeight,
+    x: &CudaSlice<f32>,
+    act: Option<&ActQ8>,
+    n: usize,
+    y: &mut CudaSlice<f32>,
+) -> Result<(), DeviceError> {
+    match act {
+        Some(a) if reads_int8(w.ty) => gpu.gemv_q8(w, a, y)?,
+        _ => gpu.gemv(w, x, n, y)?,
+    }
+    Ok(())
 }
 
 /// Runs the layers for `shape.tokens` tokens (inputs already in `ws`), then the final norm,
@@ -395,14 +445,23 @@ pub fn forward(
             hidden: h,
             eps: cfg.eps,
         })?;
-        // Q8_0 keeps three K-split GEMVs: its coalesced kernel (which the fused pass uses) is
-        // slower (notes/native-engine.md, v7).
-        if n == 1 && fuse_qkv() && lw.q.ty != WeightType::Q8_0 && lw.q.ty == lw.k.ty && lw.q.ty == lw.v.ty {
-            gpu.gemv_multi([&lw.q, &lw.k, &lw.v], &ws.normed, [&mut ws.q, &mut ws.k, &mut ws.v])?;
-        } else {
-            gpu.gemv(&lw.q, &ws.normed, n, &mut ws.q)?;
-            gpu.gemv(&lw.k, &ws.normed, n, &mut ws.k)?;
-            gpu.gemv(&lw.v, &ws.normed, n, &mut ws.v)?;
+        let qkv = [&lw.q, &lw.k, &lw.v];
+        let act = quantize_for(gpu, &qkv, &ws.normed, n, h, &mut ws.act)?;
+        let one_type = lw.q.ty == lw.k.ty && lw.q.ty == lw.v.ty;
+        match act {
+            Some(a) if fuse_qkv() && one_type => {
+                gpu.gemv_multi_q8(qkv, a, [&mut ws.q, &mut ws.k, &mut ws.v])?
+            }
+            // Q8_0 over f32 activations keeps three K-split GEMVs: its coalesced kernel (which
+            // the fused pass uses) is slower (notes/native-engine.md, v7).
+            None if n == 1 && fuse_qkv() && one_type && lw.q.ty != WeightType::Q8_0 => {
+                gpu.gemv_multi(qkv, &ws.normed, [&mut ws.q, &mut ws.k, &mut ws.v])?
+            }
+            _ => {
+                project(gpu, &lw.q, &ws.normed, act, n, &mut ws.q)?;
+                project(gpu, &lw.k, &ws.normed, act, n, &mut ws.k)?;
+                project(gpu, &lw.v, &ws.normed, act, n, &mut ws.v)?;
+            }
         }
         gpu.rope(Rope {
             q: &mut ws.q,
@@ -446,7 +505,8 @@ pub fn forward(
             scale,
             scratch: &mut ws.scratch,
         })?;
-        gpu.gemv(&lw.o, &ws.attn, n, &mut ws.x)?;
+        let act = quantize_for(gpu, &[&lw.o], &ws.attn, n, cfg.heads * d, &mut ws.act)?;
+        project(gpu, &lw.o, &ws.attn, act, n, &mut ws.x)?;
         gpu.rmsnorm_residual(RmsNormResidual {
             x: &ws.x,
             residual: &mut ws.residual,
@@ -456,14 +516,20 @@ pub fn forward(
             hidden: h,
             eps: cfg.eps,
         })?;
-        if n == 1 && lw.gate.ty == lw.up.ty {
-            gpu.gemv_glu(&lw.gate, &lw.up, &ws.normed, &mut ws.gate)?;
-        } else {
-            gpu.gemv(&lw.gate, &ws.normed, n, &mut ws.gate)?;
-            gpu.gemv(&lw.up, &ws.normed, n, &mut ws.up)?;
-            gpu.swiglu_inplace(&mut ws.gate, &ws.up, n * cfg.ffn)?;
+        let act = quantize_for(gpu, &[&lw.gate, &lw.up], &ws.normed, n, h, &mut ws.act)?;
+        match act {
+            Some(a) if lw.gate.ty == lw.up.ty => gpu.gemv_glu_q8(&lw.gate, &lw.up, a, &mut ws.gate)?,
+            None if n == 1 && lw.gate.ty == lw.up.ty => {
+                gpu.gemv_glu(&lw.gate, &lw.up, &ws.normed, &mut ws.gate)?
+            }
+            _ => {
+                project(gpu, &lw.gate, &ws.normed, act, n, &mut ws.gate)?;
+                project(gpu, &lw.up, &ws.normed, act, n, &mut ws.up)?;
+                gpu.swiglu_inplace(&mut ws.gate, &ws.up, n * cfg.ffn)?;
+            }
         }
-        gpu.gemv(&lw.down, &ws.gate, n, &mut ws.x)?;
+        let act = quantize_for(gpu, &[&lw.down], &ws.gate, n, cfg.ffn, &mut ws.act)?;
+        project(gpu, &lw.down, &ws.gate, act, n, &mut ws.x)?;
     }
     gpu.rmsnorm_residual(RmsNormResidual {
         x: &ws.x,
@@ -485,7 +551,8 @@ pub fn forward(
             .map_err(hyperllama_kernels::KernelError::driver_op("cuMemcpyDtoDAsync"))?;
     }
     let out_w = w.output.as_ref().unwrap_or(&w.embed);
-    gpu.gemv(out_w, &ws.rows, out_rows.len(), &mut ws.logits)?;
+    let act = quantize_for(gpu, &[out_w], &ws.rows, out_rows.len(), h, &mut ws.act)?;
+    project(gpu, out_w, &ws.rows, act, out_rows.len(), &mut ws.logits)?;
     gpu.argmax(&mut ws.argmax, &ws.logits, out_rows.len(), cfg.vocab)?;
     Ok(())
 }
