@@ -2,7 +2,7 @@
 """Reference logits from Hugging Face transformers for `transformers_check` (the native engine
 loading safetensors folders).
 
-    python3 native/examples/transformers_ref.py OUT_DIR [--device cpu|cuda]
+    python3 native/examples/transformers_ref.py OUT_DIR [--device cuda|cpu]
 
 Builds three tiny random models (seeded, no network), saves each with `save_pretrained` as
 safetensors into OUT_DIR/<name>/, runs a few token-id prompts through transformers and writes
@@ -22,7 +22,8 @@ tensor matters.
 For each model two references, each the concatenation over prompts of `len x vocab` float32
 little-endian values: `<name>.f32.bin` (the saved weights loaded in float32: the same weights,
 f32 arithmetic) and `<name>.native.bin` (loaded in the saved dtype: transformers' own bf16/f16
-arithmetic). `reference.json` lists models, prompts and files. Runs in seconds on a CPU.
+arithmetic). `reference.json` lists models, prompts and files. Runs in seconds; the default
+device is the GPU when torch sees one (float16 matmuls need it on older torch), else the CPU.
 """
 
 import argparse
@@ -166,7 +167,11 @@ def write_f32(path, t):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out_dir")
-    ap.add_argument("--device", default="cpu", help="torch device for the reference runs (default cpu)")
+    ap.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device for the reference runs (default: cuda if available, else cpu)",
+    )
     args = ap.parse_args()
     # f32 references in full f32 (no TF32 on GPUs).
     torch.backends.cuda.matmul.allow_tf32 = False

@@ -40,6 +40,11 @@ const MAX_RANK: usize = 8;
 const MAX_SHARDS: usize = 4096;
 /// Longest `max_position_embeddings` accepted (sizes host and device tables).
 const MAX_CONTEXT: usize = 1 << 26;
+/// Largest accepted width or count in `config.json` (vocabulary, hidden, ffn, heads): far above
+/// any real model, low enough that products of two cannot overflow.
+const MAX_DIM: usize = 1 << 24;
+/// Most layers accepted.
+const MAX_LAYERS: usize = 1 << 12;
 
 fn bad(m: impl Into<String>) -> DeviceError {
     DeviceError::Model(m.into())
@@ -148,6 +153,8 @@ pub fn parse_header(
         std::str::from_utf8(header).map_err(|e| bad(format!("safetensors header is not UTF-8 ({e})")))?;
     let root: Value =
         serde_json::from_str(text).map_err(|e| bad(format!("safetensors header is not valid JSON: {e}")))?;
+    // A name given twice keeps its last entry; the other's bytes then leave a hole (refused
+    // below) unless both named the same range.
     let Value::Object(root) = root else {
         return Err(bad("safetensors header is not a JSON object"));
     };
@@ -376,10 +383,11 @@ impl Fields<'_> {
             })
             .transpose()
     }
-    fn need_usize(&self, k: &str) -> Result<usize, DeviceError> {
+    /// A required size in `1..=max`.
+    fn need_usize(&self, k: &str, max: usize) -> Result<usize, DeviceError> {
         match self.usize(k)? {
-            Some(0) => Err(bad(format!("config.json: {k} is 0"))),
-            Some(n) => Ok(n),
+            Some(n) if (1..=max).contains(&n) => Ok(n),
+            Some(n) => Err(bad(format!("config.json: {k} = {n} (1..={max})"))),
             None => Err(bad(format!("config.json: {k} missing"))),
         }
     }
@@ -455,8 +463,8 @@ fn config_from_json(c: &Fields<'_>) -> Result<HfConfig, DeviceError> {
             return Err(DeviceError::Unsupported(format!("{k} = true (no bias support)")));
         }
     }
-    let hidden = c.need_usize("hidden_size")?;
-    let heads = c.need_usize("num_attention_heads")?;
+    let hidden = c.need_usize("hidden_size", MAX_DIM)?;
+    let heads = c.need_usize("num_attention_heads", MAX_DIM)?;
     let kv_heads = c.usize("num_key_value_heads")?.unwrap_or(heads);
     let head_dim = match c.usize("head_dim")? {
         Some(d) => d,
@@ -538,16 +546,21 @@ fn config_from_json(c: &Fields<'_>) -> Result<HfConfig, DeviceError> {
             }
         }
     };
+    let eps = c.f64("rms_norm_eps")?.unwrap_or(1e-6);
+    if !(0.0..1.0).contains(&eps) {
+        return Err(bad(format!("config.json: rms_norm_eps {eps} (0..1)")));
+    }
+    let eps = eps as f32;
     let llama = LlamaConfig {
         architecture,
         hidden,
-        layers: c.need_usize("num_hidden_layers")?,
+        layers: c.need_usize("num_hidden_layers", MAX_LAYERS)?,
         heads,
         kv_heads,
         head_dim,
-        ffn: c.need_usize("intermediate_size")?,
-        vocab: c.need_usize("vocab_size")?,
-        eps: c.f64("rms_norm_eps")?.unwrap_or(1e-6) as f32,
+        ffn: c.need_usize("intermediate_size", MAX_DIM)?,
+        vocab: c.need_usize("vocab_size", MAX_DIM)?,
+        eps,
         rope_base: base as f32,
         rope_dims: head_dim,
         rope_neox: true,
@@ -745,7 +758,7 @@ impl HfModel {
             Some(v) => Some(gpu.upload(v)?),
             None => None,
         };
-        let mut layers = Vec::with_capacity(c.layers);
+        let mut layers = Vec::new();
         for i in 0..c.layers {
             let p = format!("model.layers.{i}");
             let mut m = |s: &str, rows: usize, cols: usize| {
@@ -906,6 +919,10 @@ mod tests {
             let h = format!(r#"{{"a":{{"dtype":"U8","shape":[16],"data_offsets":{offs}}}}}"#);
             assert!(err_of(open_bytes(&file_bytes(&h, &data))).contains("data_offsets"), "{offs}");
         }
+        // A name given twice: the dropped entry's bytes are a hole.
+        let h = r#"{"a":{"dtype":"U8","shape":[8],"data_offsets":[0,8]},"a":{"dtype":"U8","shape":[8],"data_offsets":[8,16]}}"#;
+        let e = err_of(open_bytes(&file_bytes(h, &data)));
+        assert!(e.contains("gap") || e.contains("after the last"), "{e}");
         // Good tiling of the same data.
         assert!(open_bytes(&file_bytes(&merge(&[t("a", 0, 10), t("b", 10, 16)]), &data)).is_ok());
     }
@@ -973,6 +990,43 @@ mod tests {
         let mut out = (header.len() as u64).to_le_bytes().to_vec();
         out.extend_from_slice(header);
         out
+    }
+
+    #[test]
+    fn mutated_headers_never_panic() {
+        // Seeded byte-level mutations of a good header (flips, digit swaps, deletions,
+        // insertions of JSON punctuation): every outcome is Ok with in-bounds entries or Err.
+        let w = bf16_bytes(&[1.0; 12]);
+        let (h, d) = build(&[
+            ("a.weight", "BF16", &[3, 4], w),
+            ("b", "F32", &[2], vec![0; 8]),
+            ("c", "U8", &[0], vec![]),
+        ]);
+        let mut rng = crate::core::rng::SplitMix64::new(7);
+        let alphabet = b"{}[],:\"0123456789-.eE aF16BU8_";
+        let mut accepted = 0;
+        for _ in 0..5000 {
+            let mut m = h.as_bytes().to_vec();
+            for _ in 0..1 + rng.below(4) {
+                let at = rng.below(m.len().max(1));
+                match rng.below(4) {
+                    0 if !m.is_empty() => m[at] = rng.next_u64() as u8,
+                    1 if !m.is_empty() => m[at] = alphabet[rng.below(alphabet.len())],
+                    2 if !m.is_empty() => {
+                        let end = (at + 1 + rng.below(8)).min(m.len());
+                        m.drain(at..end);
+                    }
+                    _ => m.insert(at.min(m.len()), alphabet[rng.below(alphabet.len())]),
+                }
+            }
+            let data_len = (d.len() as u64).saturating_add_signed(rng.below(5) as i64 - 2);
+            if let Ok(t) = parse_header(&m, 8 + m.len() as u64, data_len) {
+                accepted += 1;
+                let end = 8 + m.len() as u64 + data_len;
+                assert!(t.values().all(|e| e.offset + e.bytes <= end), "{}", String::from_utf8_lossy(&m));
+            }
+        }
+        assert!(accepted < 5000);
     }
 
     #[test]
@@ -1140,6 +1194,11 @@ mod tests {
         assert!(malformed(&LLAMA31.replace("\"high_freq_factor\": 4.0", "\"high_freq_factor\": 1.0")));
         assert!(malformed(&LLAMA31.replace("131072", "1e30")));
         assert!(malformed(&LLAMA31.replace("131072", "4294967296000")));
+        assert!(malformed(
+            &LLAMA31.replace("\"num_hidden_layers\": 32", "\"num_hidden_layers\": 1000000000000")
+        ));
+        assert!(malformed(&LLAMA31.replace("\"vocab_size\": 128256", "\"vocab_size\": 4294967296")));
+        assert!(malformed(&LLAMA31.replace("1e-05", "-1.0")));
         assert!(malformed("[1, 2]"));
         assert!(malformed("{"));
     }
