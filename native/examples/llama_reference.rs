@@ -7,7 +7,8 @@
 //! ```
 //!
 //! Writes `OUT_DIR/tiny-{f32,f16,q8_0,q4_k_m}.gguf` (llama.cpp's own quantizer makes the last
-//! two from the f32 file) and `OUT_DIR/reference.txt`, one line per (model, prompt):
+//! two from the f32 file) and `OUT_DIR/reference.txt`, one line per (model, prompt; 16 prompts
+//! of 1 to 128 tokens, so `native_check` batches 16 distinct ones):
 //! `MODEL<TAB>prompt ids<TAB>32 greedy ids<TAB>logits of the first generated token<TAB>the file
 //! llama.cpp ran` (lists comma separated). For the quantized models llama.cpp also runs an F32
 //! copy holding exactly the dequantized weights (`tiny-*-deq.gguf`): llama.cpp's CPU kernels
@@ -45,6 +46,12 @@ fn prompts() -> Vec<Vec<i32>> {
     out.push(std::iter::once(256).chain((0..70).map(|i| 32 + (i * 37) % 90)).collect());
     for s in 0..4 {
         out.push(std::iter::once(256).chain((0..(5 + 3 * s)).map(|i| (i * 53 + s * 17) % 256)).collect());
+    }
+    // Eight more, so `native_check` runs a batch of 16 distinct prompts: lengths at and around
+    // KV block boundaries (blocks of 16) up to 8 blocks; 537 prompt tokens in all 16.
+    for (s, len) in [2, 16, 17, 31, 48, 65, 100, 128].into_iter().enumerate() {
+        let s = s as i32;
+        out.push(std::iter::once(256).chain((1..len).map(|i| (i * 131 + s * 29 + 7) % 256)).collect());
     }
     out
 }
