@@ -81,6 +81,8 @@ pub fn engines(
                 true,
                 format!("supervised server ({}); serves Hugging Face folder models", program.display()),
             ),
+            // The reason alone: "cannot load model: ..." would blame a model nobody asked for.
+            Err(crate::engine::EngineError::Load(reason)) => (false, reason),
             Err(error) => (false, error.to_string()),
         };
         pb::EngineInfo { name: kind.name().into(), available, detail }
@@ -136,6 +138,7 @@ mod tests {
         let engines = engines("no CUDA driver found", 0, &served);
         let max = engines.iter().find(|e| e.name == "max").unwrap();
         assert!(!max.available && max.detail.contains("max[serve]"), "{}", max.detail);
+        assert!(max.detail.starts_with("the max engine is not installed"), "{}", max.detail);
         let native = engines.iter().find(|e| e.name == "native").unwrap();
         assert!(!native.available);
         assert_eq!(native.detail, "no CUDA driver found");
