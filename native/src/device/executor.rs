@@ -165,6 +165,14 @@ impl LlamaExecutor {
         self.graphs.clear();
     }
 
+    /// Turns int8 activations (`dp4a` GEMVs of q4_K/q6_K weights in one-token steps) on or off
+    /// (on by default unless `HYPERLLAMA_NO_INT8_ACT` is set); for exactness checks against
+    /// f32 references and measurements.
+    pub fn set_int8_activations(&mut self, on: bool) {
+        self.ws.set_int8_activations(on);
+        self.graphs.clear();
+    }
+
     /// Runs the forward pass of a prepared step: replays (or first captures) the CUDA graph of
     /// a pure decode step, or launches the kernels directly.
     fn run_forward(&mut self, batch: &StepBatch, shape: StepShape) -> Result<(), ExecError> {

@@ -289,6 +289,9 @@ pub struct Workspace {
     pub(super) argmax: CudaSlice<i32>,
     /// One token's activations quantised to int8 for the quantised GEMVs.
     act: ActQ8,
+    /// Whether one-token steps use them (`HYPERLLAMA_NO_INT8_ACT` unset; see
+    /// [`Workspace::set_int8_activations`]).
+    int8: bool,
     scratch: AttentionScratch,
     scratch_triples: usize,
     max_tokens: usize,
@@ -327,10 +330,19 @@ impl Workspace {
             logits: gpu.alloc_zeros(max_seqs * cfg.vocab)?,
             argmax: gpu.alloc_zeros(max_seqs)?,
             act: gpu.act_q8(cfg.hidden.max(cfg.ffn).max(qd))?,
+            int8: std::env::var_os("HYPERLLAMA_NO_INT8_ACT").is_none(),
             scratch: gpu.attention_scratch(scratch_triples, cfg.head_dim)?,
             scratch_triples,
             max_tokens,
         })
+    }
+}
+
+impl Workspace {
+    /// Turns int8 activations for one-token steps on or off (CUDA graphs captured before must
+    /// be dropped by the caller).
+    pub fn set_int8_activations(&mut self, on: bool) {
+        self.int8 = on;
     }
 }
 
@@ -361,13 +373,6 @@ fn fuse_qkv() -> bool {
     *ON.get_or_init(|| std::env::var_os("HYPERLLAMA_NO_QKV_FUSION").is_none())
 }
 
-/// Whether one-token steps feed quantised matrices int8 activations (`dp4a` GEMVs);
-/// `HYPERLLAMA_NO_INT8_ACT` turns it off for comparisons.
-fn int8_activations() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("HYPERLLAMA_NO_INT8_ACT").is_none())
-}
-
 /// Whether one-token GEMVs of `ty` read int8 activations. q4_K and q6_K do (Q4_K_M 8B: 215 ->
 /// 260 tok/s on an H100); q8_0 does not: its blocks are only 2-byte aligned and its `dp4a`
 /// kernel, built from 16-bit loads, was slower than the K-split f32 one (157 vs 181 tok/s).
@@ -375,17 +380,17 @@ fn reads_int8(ty: WeightType) -> bool {
     ty.int8_dot() && ty != WeightType::Q8_0
 }
 
-/// Quantises one token's `x` (`cols` values) into `act` when the step has one token and one of
-/// `readers` takes int8 activations; returns the quantised activations then.
+/// Quantises one token's `x` (`cols` values) into `act` when int8 activations are `on`, the
+/// step has one token and one of `readers` takes them; returns the quantised activations then.
 fn quantize_for<'a>(
     gpu: &Gpu,
     readers: &[&DeviceWeight],
     x: &CudaSlice<f32>,
-    n: usize,
-    cols: usize,
+    (n, cols): (usize, usize),
+    on: bool,
     act: &'a mut ActQ8,
 ) -> Result<Option<&'a ActQ8>, DeviceError> {
-    if n != 1 || !int8_activations() || !readers.iter().any(|w| reads_int8(w.ty)) {
+    if n != 1 || !on || !readers.iter().any(|w| reads_int8(w.ty)) {
         return Ok(None);
     }
     gpu.quantize_act(x, 1, cols, act)?;
@@ -446,7 +451,7 @@ pub fn forward(
             eps: cfg.eps,
         })?;
         let qkv = [&lw.q, &lw.k, &lw.v];
-        let act = quantize_for(gpu, &qkv, &ws.normed, n, h, &mut ws.act)?;
+        let act = quantize_for(gpu, &qkv, &ws.normed, (n, h), ws.int8, &mut ws.act)?;
         let one_type = lw.q.ty == lw.k.ty && lw.q.ty == lw.v.ty;
         match act {
             Some(a) if fuse_qkv() && one_type => {
@@ -505,7 +510,7 @@ pub fn forward(
             scale,
             scratch: &mut ws.scratch,
         })?;
-        let act = quantize_for(gpu, &[&lw.o], &ws.attn, n, cfg.heads * d, &mut ws.act)?;
+        let act = quantize_for(gpu, &[&lw.o], &ws.attn, (n, cfg.heads * d), ws.int8, &mut ws.act)?;
         project(gpu, &lw.o, &ws.attn, act, n, &mut ws.x)?;
         gpu.rmsnorm_residual(RmsNormResidual {
             x: &ws.x,
@@ -516,7 +521,7 @@ pub fn forward(
             hidden: h,
             eps: cfg.eps,
         })?;
-        let act = quantize_for(gpu, &[&lw.gate, &lw.up], &ws.normed, n, h, &mut ws.act)?;
+        let act = quantize_for(gpu, &[&lw.gate, &lw.up], &ws.normed, (n, h), ws.int8, &mut ws.act)?;
         match act {
             Some(a) if lw.gate.ty == lw.up.ty => gpu.gemv_glu_q8(&lw.gate, &lw.up, a, &mut ws.gate)?,
             None if n == 1 && lw.gate.ty == lw.up.ty => {
@@ -528,7 +533,7 @@ pub fn forward(
                 gpu.swiglu_inplace(&mut ws.gate, &ws.up, n * cfg.ffn)?;
             }
         }
-        let act = quantize_for(gpu, &[&lw.down], &ws.gate, n, cfg.ffn, &mut ws.act)?;
+        let act = quantize_for(gpu, &[&lw.down], &ws.gate, (n, cfg.ffn), ws.int8, &mut ws.act)?;
         project(gpu, &lw.down, &ws.gate, act, n, &mut ws.x)?;
     }
     gpu.rmsnorm_residual(RmsNormResidual {
@@ -551,7 +556,7 @@ pub fn forward(
             .map_err(hyperllama_kernels::KernelError::driver_op("cuMemcpyDtoDAsync"))?;
     }
     let out_w = w.output.as_ref().unwrap_or(&w.embed);
-    let act = quantize_for(gpu, &[out_w], &ws.rows, out_rows.len(), h, &mut ws.act)?;
+    let act = quantize_for(gpu, &[out_w], &ws.rows, (out_rows.len(), h), ws.int8, &mut ws.act)?;
     project(gpu, out_w, &ws.rows, act, out_rows.len(), &mut ws.logits)?;
     gpu.argmax(&mut ws.argmax, &ws.logits, out_rows.len(), cfg.vocab)?;
     Ok(())
