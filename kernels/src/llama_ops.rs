@@ -79,6 +79,32 @@ fn grid_1d(n: usize, threads: u32) -> Result<LaunchConfig, KernelError> {
     Ok(LaunchConfig { grid_dim: (blocks.max(1), 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 })
 }
 
+/// Checked launch parameters of a three-matrix GEMV (`gemv_multi*`): one type and width, each
+/// output long enough; 2 rows per warp over the largest matrix.
+struct MultiShape {
+    rows: [i32; 3],
+    cols: i32,
+    row_bytes: i64,
+    grid: LaunchConfig,
+}
+
+fn multi_shape(ws: [&DeviceWeight; 3], ys: &[&mut CudaSlice<f32>; 3]) -> Result<MultiShape, KernelError> {
+    let (ty, cols) = (ws[0].ty, ws[0].cols);
+    if ws.iter().any(|w| w.ty != ty || w.cols != cols) {
+        return invalid("gemv_multi needs matrices of one type and width".into());
+    }
+    for (w, y) in ws.iter().zip(ys.iter()) {
+        need("y", y.len(), w.rows)?;
+    }
+    let max_rows = ws.iter().map(|w| w.rows).max().unwrap_or(0);
+    Ok(MultiShape {
+        rows: [i32_of("rows", ws[0].rows)?, i32_of("rows", ws[1].rows)?, i32_of("rows", ws[2].rows)?],
+        cols: i32_of("cols", cols)?,
+        row_bytes: i64::try_from(ty.row_bytes(cols)).unwrap_or(i64::MAX),
+        grid: grid_1d(max_rows.div_ceil(2) * 32, 128)?,
+    })
+}
+
 /// Arguments of [`Gpu::rope`]: rotates `q` (`n * n_head * head_dim`) and `k` (`n * n_kv *
 /// head_dim`) in place.
 #[derive(Debug)]
@@ -394,29 +420,18 @@ impl Gpu {
         x: &ActQ8,
         ys: [&mut CudaSlice<f32>; 3],
     ) -> Result<(), KernelError> {
-        let (ty, cols) = (ws[0].ty, ws[0].cols);
-        if ws.iter().any(|w| w.ty != ty || w.cols != cols) {
-            return invalid("gemv_multi needs matrices of one type and width".into());
-        }
+        let m = multi_shape(ws, &ys)?;
         Self::check_q8(ws[0], x)?;
-        for (w, y) in ws.iter().zip(ys.iter()) {
-            need("y", y.len(), w.rows)?;
-        }
-        let func = self.function(KernelFamily::Llama, &format!("gemv_multi_{}_q8", ty.suffix()))?;
-        let rows: Vec<i32> = ws.iter().map(|w| i32_of("rows", w.rows)).collect::<Result<_, _>>()?;
-        let max_rows = ws.iter().map(|w| w.rows).max().unwrap_or(0);
-        let cols_i = i32_of("cols", cols)?;
-        let row_bytes = i64::try_from(ty.row_bytes(cols)).unwrap_or(i64::MAX);
+        let func = self.function(KernelFamily::Llama, &format!("gemv_multi_{}_q8", ws[0].ty.suffix()))?;
         let [y0, y1, y2] = ys;
         let mut b = self.stream().launch_builder(&func);
-        b.arg(y0).arg(&ws[0].data).arg(&rows[0]).arg(y1).arg(&ws[1].data).arg(&rows[1]);
-        b.arg(y2).arg(&ws[2].data).arg(&rows[2]).arg(&x.q).arg(&x.ds).arg(&cols_i).arg(&row_bytes);
+        b.arg(y0).arg(&ws[0].data).arg(&m.rows[0]).arg(y1).arg(&ws[1].data).arg(&m.rows[1]);
+        b.arg(y2).arg(&ws[2].data).arg(&m.rows[2]).arg(&x.q).arg(&x.ds).arg(&m.cols).arg(&m.row_bytes);
         // SAFETY: signature `(float* y0, const u8* w0, int rows0, float* y1, const u8* w1, int
         // rows1, float* y2, const u8* w2, int rows2, const i8* xq, const float2* xds, int cols,
         // long long rb)`; each w_i rows_i rows of rb bytes (one type and width, checked), each
         // y_i rows_i floats, x cols values (checked); grid covers the largest matrix.
-        unsafe { b.launch(grid_1d(max_rows.div_ceil(2) * 32, 128)?) }
-            .map_err(KernelError::driver("cuLaunchKernel"))?;
+        unsafe { b.launch(m.grid) }.map_err(KernelError::driver("cuLaunchKernel"))?;
         Ok(())
     }
 
@@ -454,29 +469,18 @@ impl Gpu {
         x: &CudaSlice<f32>,
         ys: [&mut CudaSlice<f32>; 3],
     ) -> Result<(), KernelError> {
-        let (ty, cols) = (ws[0].ty, ws[0].cols);
-        if ws.iter().any(|w| w.ty != ty || w.cols != cols) {
-            return invalid("gemv_multi needs matrices of one type and width".into());
-        }
-        need("x", x.len(), cols)?;
-        for (w, y) in ws.iter().zip(ys.iter()) {
-            need("y", y.len(), w.rows)?;
-        }
-        let func = self.function(KernelFamily::Llama, &format!("gemv_multi_{}", ty.suffix()))?;
-        let rows: Vec<i32> = ws.iter().map(|w| i32_of("rows", w.rows)).collect::<Result<_, _>>()?;
-        let max_rows = ws.iter().map(|w| w.rows).max().unwrap_or(0);
-        let cols_i = i32_of("cols", cols)?;
-        let row_bytes = i64::try_from(ty.row_bytes(cols)).unwrap_or(i64::MAX);
+        let m = multi_shape(ws, &ys)?;
+        need("x", x.len(), ws[0].cols)?;
+        let func = self.function(KernelFamily::Llama, &format!("gemv_multi_{}", ws[0].ty.suffix()))?;
         let [y0, y1, y2] = ys;
         let mut b = self.stream().launch_builder(&func);
-        b.arg(y0).arg(&ws[0].data).arg(&rows[0]).arg(y1).arg(&ws[1].data).arg(&rows[1]);
-        b.arg(y2).arg(&ws[2].data).arg(&rows[2]).arg(x).arg(&cols_i).arg(&row_bytes);
+        b.arg(y0).arg(&ws[0].data).arg(&m.rows[0]).arg(y1).arg(&ws[1].data).arg(&m.rows[1]);
+        b.arg(y2).arg(&ws[2].data).arg(&m.rows[2]).arg(x).arg(&m.cols).arg(&m.row_bytes);
         // SAFETY: signature `(float* y0, const u8* w0, int rows0, float* y1, const u8* w1, int
         // rows1, float* y2, const u8* w2, int rows2, const float* x, int cols, long long rb)`;
         // each w_i holds rows_i rows of rb bytes (one type and width, checked), each y_i rows_i
         // floats, x cols floats; the grid covers the largest matrix, 2 rows per warp.
-        unsafe { b.launch(grid_1d(max_rows.div_ceil(2) * 32, 128)?) }
-            .map_err(KernelError::driver("cuLaunchKernel"))?;
+        unsafe { b.launch(m.grid) }.map_err(KernelError::driver("cuLaunchKernel"))?;
         Ok(())
     }
 
