@@ -11,6 +11,7 @@ pub mod sampling;
 pub mod served;
 pub mod stop;
 pub mod template;
+pub mod thread;
 pub mod vllm;
 
 use std::fmt;

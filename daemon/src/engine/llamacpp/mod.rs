@@ -35,6 +35,7 @@ use llama_cpp_2::token::LlamaToken;
 use tokio::sync::{mpsc, oneshot};
 
 use super::template::{ChatTemplate, SpecialTokens, TemplateLimits};
+use super::thread::EngineThread;
 use super::{EmbedRequest, EmbedResponse, Engine, EngineError, EngineInfo, EventStream, GenerateRequest};
 
 /// How the engine asks for huge pages for its KV cache and compute buffers.
@@ -157,8 +158,9 @@ impl SharedStats {
 /// A loaded model served by llama.cpp.
 pub struct LlamaCppEngine {
     model: Arc<LlamaModel>,
-    commands: Mutex<Option<std::sync::mpsc::Sender<worker::Command>>>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The engine thread (owns the context); dropping it closes and joins it, so the context
+    /// is freed before the model (held by the thread's Arc) can be.
+    thread: EngineThread<worker::Command>,
     stats: Arc<SharedStats>,
     info: EngineInfo,
     /// Template used when a chat request names none (or why the model's is unusable).
@@ -208,27 +210,13 @@ impl LlamaCppEngine {
         let special = prompt::special_tokens(&model);
 
         let stats = Arc::new(SharedStats::default());
-        let (cmd_tx, cmd_rx) = std::sync::mpsc::channel();
-        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
-        let thread = {
+        let (thread, ready) = {
             let model = Arc::clone(&model);
             let stats = Arc::clone(&stats);
             let config = config.clone();
-            std::thread::Builder::new()
-                .name("llama-engine".into())
-                .spawn(move || worker::run(&model, backend, &config, cmd_rx, &stats, ready_tx))
-                .map_err(|e| EngineError::Load(format!("cannot start the engine thread: {e}")))?
-        };
-        let ready: worker::Ready = match ready_rx.recv() {
-            Ok(Ok(ready)) => ready,
-            Ok(Err(e)) => {
-                let _ = thread.join();
-                return Err(e);
-            }
-            Err(_) => {
-                let _ = thread.join();
-                return Err(EngineError::Load("the engine thread died while starting".into()));
-            }
+            EngineThread::start("llama-engine", move |(commands, ready)| {
+                worker::run(&model, backend, &config, commands, &stats, ready)
+            })?
         };
         let info = EngineInfo {
             engine: "llama.cpp".into(),
@@ -240,8 +228,7 @@ impl LlamaCppEngine {
         };
         Ok(Self {
             model,
-            commands: Mutex::new(Some(cmd_tx)),
-            thread: Mutex::new(Some(thread)),
+            thread,
             stats,
             info,
             default_template,
@@ -291,8 +278,7 @@ impl LlamaCppEngine {
     }
 
     fn send(&self, command: worker::Command) -> Result<(), EngineError> {
-        let guard = self.commands.lock().map_err(|_| EngineError::Stopped)?;
-        guard.as_ref().ok_or(EngineError::Stopped)?.send(command).map_err(|_| EngineError::Stopped)
+        self.thread.send(command)
     }
 }
 
@@ -352,20 +338,5 @@ impl Engine for LlamaCppEngine {
 
     fn info(&self) -> EngineInfo {
         self.info.clone()
-    }
-}
-
-impl Drop for LlamaCppEngine {
-    fn drop(&mut self) {
-        // Closing the command channel ends the loop after the current step; joining makes sure
-        // the context is freed before the model (held by the thread's Arc) can be.
-        if let Ok(mut guard) = self.commands.lock() {
-            guard.take();
-        }
-        if let Ok(mut guard) = self.thread.lock()
-            && let Some(thread) = guard.take()
-        {
-            let _ = thread.join();
-        }
     }
 }

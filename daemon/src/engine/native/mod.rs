@@ -18,7 +18,7 @@ pub use vocab::{LlamaVocabulary, Vocabulary};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use hyperllama_native::core::engine::CoreConfig;
 use hyperllama_native::core::executor::{ExecError, Executor, ExecutorSpec};
@@ -28,6 +28,7 @@ use hyperllama_native::core::sequence::SeqRequest;
 use tokio::sync::mpsc;
 
 use super::template::{ChatTemplate, SpecialTokens, TemplateLimits};
+use super::thread::EngineThread;
 use super::{
     EmbedRequest, EmbedResponse, Engine, EngineError, EngineInfo, EventStream, GenerateRequest, OutputFormat,
     Prompt, SamplingParams,
@@ -130,8 +131,9 @@ pub struct NativeStats {
 /// The native engine's handle.
 pub struct NativeEngine {
     vocab: Arc<dyn Vocabulary>,
-    commands: Mutex<Option<std::sync::mpsc::Sender<worker::Job>>>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The engine thread (owns the core and the executor); dropping it closes and joins it,
+    /// so the device memory is freed before the handle is gone.
+    thread: EngineThread<worker::Job>,
     stats: Arc<worker::SharedStats>,
     info: EngineInfo,
     eog: Vec<u32>,
@@ -183,27 +185,13 @@ impl NativeEngine {
             None => Ok(ChatTemplate::fallback()),
         };
         let stats = Arc::new(worker::SharedStats::default());
-        let (cmd_tx, cmd_rx) = std::sync::mpsc::channel();
-        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
-        let thread = {
+        let (thread, ready) = {
             let vocab = Arc::clone(&vocab);
             let stats = Arc::clone(&stats);
             let core_config = config.core_config();
-            std::thread::Builder::new()
-                .name("native-engine".into())
-                .spawn(move || worker::run(factory, core_config, vocab, cmd_rx, stats, ready_tx))
-                .map_err(|e| EngineError::Load(format!("cannot start the engine thread: {e}")))?
-        };
-        let ready = match ready_rx.recv() {
-            Ok(Ok(ready)) => ready,
-            Ok(Err(e)) => {
-                let _ = thread.join();
-                return Err(e);
-            }
-            Err(_) => {
-                let _ = thread.join();
-                return Err(EngineError::Load("the engine thread died while starting".into()));
-            }
+            EngineThread::start("native-engine", move |(commands, ready)| {
+                worker::run(factory, core_config, vocab, commands, stats, ready)
+            })?
         };
         let info = EngineInfo {
             engine: "native".into(),
@@ -217,8 +205,7 @@ impl NativeEngine {
             special: vocab.special_tokens(),
             eog: vocab.eog_tokens(),
             vocab,
-            commands: Mutex::new(Some(cmd_tx)),
-            thread: Mutex::new(Some(thread)),
+            thread,
             stats,
             info,
             default_template,
@@ -263,8 +250,7 @@ impl NativeEngine {
     }
 
     fn send(&self, job: worker::Job) -> Result<(), EngineError> {
-        let guard = self.commands.lock().map_err(|_| EngineError::Stopped)?;
-        guard.as_ref().ok_or(EngineError::Stopped)?.send(job).map_err(|_| EngineError::Stopped)
+        self.thread.send(job)
     }
 }
 
@@ -342,21 +328,6 @@ impl Engine for NativeEngine {
 
     fn info(&self) -> EngineInfo {
         self.info.clone()
-    }
-}
-
-impl Drop for NativeEngine {
-    fn drop(&mut self) {
-        // Closing the command channel ends the loop after the current step; joining makes sure
-        // the executor (and its device memory) is freed before the handle is gone.
-        if let Ok(mut guard) = self.commands.lock() {
-            guard.take();
-        }
-        if let Ok(mut guard) = self.thread.lock()
-            && let Some(thread) = guard.take()
-        {
-            let _ = thread.join();
-        }
     }
 }
 
