@@ -189,15 +189,21 @@ pub fn stalled(url: &Url, stall: Duration) -> Error {
     ))
 }
 
-/// A transport failure as one line.
-pub fn network_error(e: &reqwest::Error, url: &Url) -> Error {
-    let host = host_port(url);
-    // The innermost cause says what happened (refused, reset, certificate, ...).
-    let mut cause: &dyn std::error::Error = e;
+/// The innermost cause of an error, as one line of at most 200 characters: what happened
+/// (refused, reset, closed mid-body, certificate, ...), where reqwest's own text says only
+/// which step failed.
+pub fn innermost_cause(e: &dyn std::error::Error) -> String {
+    let mut cause = e;
     while let Some(next) = cause.source() {
         cause = next;
     }
-    let detail = one_line(&cause.to_string(), 200);
+    one_line(&cause.to_string(), 200)
+}
+
+/// A transport failure as one line.
+pub fn network_error(e: &reqwest::Error, url: &Url) -> Error {
+    let host = host_port(url);
+    let detail = innermost_cause(e);
     if e.is_redirect() {
         return Error::Registry(format!("{host}: {detail}"));
     }

@@ -17,8 +17,8 @@ pub use vocab::{LlamaVocabulary, Vocabulary};
 
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hyperllama_native::core::engine::CoreConfig;
 use hyperllama_native::core::executor::{ExecError, Executor, ExecutorSpec};

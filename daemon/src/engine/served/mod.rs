@@ -502,7 +502,9 @@ impl Request {
         let started = Instant::now();
         let response = match post_json(&self.http, &self.url, &self.body).send().await {
             Ok(r) => r,
-            Err(e) => return EngineEvent::Error(format!("the {engine} server did not answer: {e}")),
+            Err(e) => {
+                return EngineEvent::Error(format!("the {engine} server did not answer: {}", transport(&e)));
+            }
         };
         let status = response.status();
         if !status.is_success() {
@@ -517,7 +519,10 @@ impl Request {
                 Ok(Some(bytes)) => bytes,
                 Ok(None) => break,
                 Err(e) => {
-                    return EngineEvent::Error(format!("the {engine} server broke off the answer: {e}"));
+                    return EngineEvent::Error(format!(
+                        "the {engine} server broke off the answer: {}",
+                        transport(&e)
+                    ));
                 }
             };
             for data in sse.feed(&bytes) {
@@ -576,6 +581,13 @@ impl Request {
     }
 }
 
+/// A transport error with its innermost cause: reqwest's text alone ("error decoding response
+/// body") names the step, not what happened (the connection closed mid-body, a reset, ...).
+fn transport(e: &reqwest::Error) -> String {
+    let cause = crate::registry::innermost_cause(e);
+    if cause == e.to_string() { cause } else { format!("{e} ({cause})") }
+}
+
 /// The message for an error answer. A "model not found" (MAX: 400, vLLM: 404) means the server
 /// does not serve what it was started with: say so rather than blame the request.
 pub fn error_for_status(engine: &str, status: u16, body: &str) -> String {
@@ -595,6 +607,33 @@ pub fn error_for_status(engine: &str, status: u16, body: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_body_cut_off_mid_stream_says_why() {
+        // A server that promises 1000 bytes, sends 5 and closes: the message names the cause,
+        // not only reqwest's "error decoding response body".
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = socket.read(&mut buf).await;
+            socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\nhello").await.unwrap();
+        });
+        let http = loopback_client(None).unwrap();
+        let mut response = http.get(format!("http://{addr}/")).send().await.unwrap();
+        let error = loop {
+            match response.chunk().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the body ended cleanly"),
+                Err(e) => break e,
+            }
+        };
+        let message = transport(&error);
+        assert!(message.starts_with(&error.to_string()), "{message}");
+        assert!(message.len() > error.to_string().len() + 3, "no cause in {message}");
+    }
 
     #[test]
     fn unknown_model_answers_are_told_apart() {
