@@ -30,7 +30,7 @@ export HYPERLLAMA_TEST_VLLM_VENV="$(vllm_engine)"
 export HYPERLLAMA_SKIP_LOG="$CACHE/skipped.log"
 rm -f "$HYPERLLAMA_SKIP_LOG"
 status=0
-cargo test --release --locked --workspace -- --test-threads="${TEST_THREADS:-2}" || status=$?
+cargo test --release --locked --workspace --no-fail-fast -- --test-threads="${TEST_THREADS:-2}" || status=$?
 # The native engine served end to end on a GPU (skipped, with a line in the skip log, without one).
 if ls /dev/nvidia0 >/dev/null 2>&1; then
     model="$CACHE/native-ref/tiny-f32.gguf"

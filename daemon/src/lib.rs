@@ -23,6 +23,7 @@ pub mod privileges;
 pub mod registry;
 pub mod residency;
 pub mod runner;
+pub mod spawn;
 pub mod state;
 pub mod store;
 pub mod systemd;

@@ -124,8 +124,8 @@ impl RunnerProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let mut child = command
-            .spawn()
+        // The runner's parent-death signal is tied to the forking thread (crate::spawn).
+        let mut child = crate::spawn::from_lasting_thread(command)
             .map_err(|e| Error::Runner(format!("cannot start a runner for {}: {e}", spec.name)))?;
         let pid = child.id().unwrap_or(0);
         let last_output = Arc::new(Mutex::new(VecDeque::with_capacity(KEPT_LINES)));

@@ -72,7 +72,7 @@ impl ServerProcess {
                 Ok(())
             });
         }
-        let mut child = command.spawn().map_err(|e| {
+        let mut child = crate::spawn::from_lasting_thread(command).map_err(|e| {
             EngineError::Load(format!("cannot start {engine} ({}): {e}", launch.program.display()))
         })?;
         let pid = child.id().and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
@@ -253,6 +253,26 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(!group_alive(pgid), "process group {pgid} survived");
+    }
+
+    /// Regression: the server was forked on the loading thread, and its parent-death signal
+    /// killed it when that (tokio blocking-pool) thread ended 10 s after the load.
+    #[test]
+    fn the_server_outlives_the_thread_that_started_it() {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let handle = runtime.handle().clone();
+        let launch = Launch { program: "/bin/sleep".into(), args: vec!["30".into()], env: Vec::new() };
+        let server =
+            std::thread::spawn(move || handle.block_on(async { ServerProcess::spawn("test", &launch) }))
+                .join()
+                .unwrap()
+                .unwrap();
+        // The starting thread has ended; a parent-death signal would have fired by now.
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(server.exited(), None, "the server died with the thread that started it");
+        assert!(group_alive(server.pgid));
+        runtime.block_on(async { drop(server) });
     }
 
     #[tokio::test]
