@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hyperllama_tests::tiny_model::{TinyModelSpec, write_tiny_llama};
-use hyperllama_tests::{Daemon, DaemonOptions, TestGroup, TestUser, is_root, skip, text};
+use hyperllama_tests::{Daemon, DaemonOptions, TestGroup, TestUser, gemma_model, is_root, skip, text};
 use serde_json::{Value, json};
 
 /// A parsed HTTP/1.1 reply.
@@ -399,7 +399,7 @@ fn tokens_are_required_off_loopback_and_revocable() {
 /// Gemma 3 270M file the test command downloads (slow enough to disconnect mid-reply).
 fn create_model(daemon: &Daemon, name: &str, real: bool) -> bool {
     let file = if real {
-        let Some(path) = gemma() else { return false };
+        let Some(path) = gemma_model() else { return false };
         path
     } else {
         let path = daemon.dir.path().join(format!("{name}.gguf"));
@@ -421,12 +421,6 @@ fn create_model(daemon: &Daemon, name: &str, real: bool) -> bool {
     true
 }
 
-fn gemma() -> Option<PathBuf> {
-    let from_env = std::env::var_os("HYPERLLAMA_TEST_GEMMA").map(PathBuf::from);
-    let cached = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/models/gemma-3-270m-Q4_K_M.gguf");
-    from_env.into_iter().chain([cached]).find(|p| p.is_file())
-}
-
 fn running(addr: SocketAddr) -> f64 {
     http(addr, "GET", "/metrics", None)
         .text()
@@ -439,7 +433,7 @@ fn running(addr: SocketAddr) -> f64 {
 #[test]
 fn closing_a_stream_cancels_its_generation() {
     let daemon = start("");
-    let real = gemma().is_some();
+    let real = gemma_model().is_some();
     assert!(create_model(&daemon, "m", real));
     let addr = daemon.http_addr();
     let mut stream = TcpStream::connect(addr).unwrap();

@@ -2,19 +2,11 @@
 //! runner processes for models imported with `hyperctl create` (tiny random models the tests
 //! write, and Gemma 3 270M where text and speed matter).
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use hyperllama_tests::tiny_model::TinyModelSpec;
-use hyperllama_tests::{Daemon, DaemonOptions, TestUser, is_root, skip, text};
-
-/// The real Gemma 3 270M Q4_K_M file, when the test command fetched it.
-fn gemma() -> Option<PathBuf> {
-    let from_env = std::env::var_os("HYPERLLAMA_TEST_GEMMA").map(PathBuf::from);
-    let cached = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/models/gemma-3-270m-Q4_K_M.gguf");
-    from_env.into_iter().chain([cached]).find(|p| p.is_file())
-}
+use hyperllama_tests::{Daemon, DaemonOptions, TestUser, gemma_model, is_root, skip, text};
 
 /// (pid, active requests) of each loaded model, from `hyperctl ps`.
 fn ps(daemon: &Daemon) -> Vec<(String, u32, u32)> {
@@ -100,7 +92,7 @@ fn prefix_reuse_is_per_user() {
 
 #[test]
 fn killing_a_runner_fails_its_request_clearly_and_it_is_restarted() {
-    let Some(gemma) = gemma() else {
+    let Some(gemma) = gemma_model() else {
         return skip(
             "killing_a_runner_fails_its_request_clearly",
             "Gemma 3 270M not fetched (scripts/test.sh does)",
@@ -152,7 +144,7 @@ fn a_late_user_is_served_before_another_users_backlog_drains() {
             "needs root for a second user",
         );
     }
-    let Some(gemma) = gemma() else {
+    let Some(gemma) = gemma_model() else {
         return skip("a_late_user_is_served_before_another_users_backlog_drains", "Gemma 3 270M not fetched");
     };
     let daemon = Daemon::start(DaemonOptions {

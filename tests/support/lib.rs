@@ -27,6 +27,14 @@ pub fn built_binary(name: &str) -> PathBuf {
     path
 }
 
+/// The real Gemma 3 270M Q4_K_M file: `HYPERLLAMA_TEST_GEMMA` (the test command fetches it and
+/// sets it), else the test command's cache.
+pub fn gemma_model() -> Option<PathBuf> {
+    let from_env = std::env::var_os("HYPERLLAMA_TEST_GEMMA").map(PathBuf::from);
+    let cached = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/models/gemma-3-270m-Q4_K_M.gguf");
+    from_env.into_iter().chain([cached]).find(|p| p.is_file())
+}
+
 /// Whether the tests run as root (and so may create users).
 pub fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
