@@ -43,19 +43,8 @@ pub fn decode_gemv_variant(ty: WeightType) -> &'static str {
 pub struct ActQ8 {
     q: CudaSlice<i8>,
     ds: CudaSlice<f32>,
+    /// Values per token of the last [`Gpu::quantize_act`] (checked against each matrix's width).
     cols: usize,
-}
-
-impl ActQ8 {
-    /// Values it holds (a multiple of 32).
-    pub fn capacity(&self) -> usize {
-        self.q.len()
-    }
-
-    /// Values per token of the last [`Gpu::quantize_act`].
-    pub fn cols(&self) -> usize {
-        self.cols
-    }
 }
 
 /// Tokens per GEMV launch (the kernel keeps one accumulator per token in registers).

@@ -336,9 +336,7 @@ impl Workspace {
             max_tokens,
         })
     }
-}
 
-impl Workspace {
     /// Turns int8 activations for one-token steps on or off (CUDA graphs captured before must
     /// be dropped by the caller).
     pub fn set_int8_activations(&mut self, on: bool) {
