@@ -200,7 +200,7 @@ async fn drive<T: Send + 'static>(
             return;
         }
     };
-    let mut stats = RequestStats::default();
+    let mut accounted = false;
     loop {
         let next = tokio::select! {
             n = stream.next() => n,
@@ -230,7 +230,10 @@ async fn drive<T: Send + 'static>(
                 }
             }
             Some(EngineEvent::Done { reason, stats: s }) => {
-                stats = s;
+                // Account before the final event leaves: a client that reads its usage right
+                // after its answer must find this request counted.
+                account(&shared, uid, &s).await;
+                accounted = true;
                 let total_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 let final_stats = pb::Stats {
                     total_duration_ns: total_ns,
@@ -250,6 +253,15 @@ async fn drive<T: Send + 'static>(
             }
         }
     }
+    if !accounted {
+        // Broken off before the engine's totals: the request still counts.
+        account(&shared, uid, &RequestStats::default()).await;
+    }
+}
+
+/// Charges one finished (or broken-off) request's tokens to its user: the fair-share queue and
+/// the usage table.
+async fn account(shared: &Shared, uid: u32, stats: &RequestStats) {
     let spent = u64::from(stats.prompt_tokens) + u64::from(stats.generated_tokens);
     shared.residency.global_queue().charge(uid, spent);
     if let Err(error) =
