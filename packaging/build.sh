@@ -13,7 +13,11 @@
 # Environment:
 #   HYPERLLAMA_PKG_NO_BUILD=1  don't run cargo build; package the binaries already in target/release
 #   HYPERLLAMA_PKG_NO_APT=1    never apt-get install; fail if a tool is missing
-#   CARGO_TARGET_DIR           honoured (default: <workspace>/target)
+#   HYPERLLAMA_PKG_NATIVE=1    build for this machine's CPU in <workspace>/target, as .cargo/config.toml
+#                              does for every other build; by default packages are built to run on any
+#                              x86-64-v3 (AVX2) CPU, in <workspace>/target/portable
+#   CARGO_TARGET_DIR           honoured (default: <workspace>/target or <workspace>/target/portable);
+#                              the packages go to $CARGO_TARGET_DIR/packages (default target/packages)
 set -euo pipefail
 
 CARGO_DEB_VERSION=3.8.0
@@ -21,9 +25,17 @@ CARGO_GENERATE_RPM_VERSION=0.21.1
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+OUT=${CARGO_TARGET_DIR:-$ROOT/target}/packages
+case "$OUT" in /*) ;; *) OUT=$ROOT/$OUT ;; esac
+if [ "${HYPERLLAMA_PKG_NO_BUILD:-0}" != 1 ] && [ "${HYPERLLAMA_PKG_NATIVE:-0}" != 1 ]; then
+	# A package runs on other machines: C and C++ (llama.cpp) for any AVX2 CPU, not -march=native.
+	# Values in the environment win over .cargo/config.toml's.
+	export CFLAGS_x86_64_unknown_linux_gnu=-march=x86-64-v3 CXXFLAGS_x86_64_unknown_linux_gnu=-march=x86-64-v3
+	export GGML_HYPERLLAMA_MARCH=x86-64-v3
+	export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target/portable}
+fi
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 case "$TARGET_DIR" in /*) ;; *) TARGET_DIR=$ROOT/$TARGET_DIR ;; esac
-OUT=$TARGET_DIR/packages
 STAGE=$TARGET_DIR/release/packaging
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 export DEBIAN_FRONTEND=noninteractive
