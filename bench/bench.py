@@ -194,10 +194,11 @@ def main():
             for k, s in enumerate(servers):  # alternate servers inside each repetition
                 tag = f"r{rep}s{k}"  # cold for every run: no server reuses another run's prompts
                 r = scenario(s, label, params["clients"], params["prompt_words"], params["system_words"], args.max_tokens, seed=rep * 100, tag=tag)
-                entry = results[s["name"]].setdefault(label, {"tok_s": [], "ttft": []})
+                entry = results[s["name"]].setdefault(label, {"tok_s": [], "ttft": [], "tokens": []})
                 entry["tok_s"].append(r["tok_s"])
                 entry["ttft"] += r["ttft"]
-                print(f"rep {rep} {label:28s} {s['name']:28s} {r['tok_s']:7.1f} tok/s", file=sys.stderr)
+                entry["tokens"].append(r["tokens"])
+                print(f"rep {rep} {label:28s} {s['name']:28s} {r['tok_s']:7.1f} tok/s ({r['tokens']} tokens)", file=sys.stderr)
 
     # Time to first token of a long prompt: cold (first time) vs warm (repeated).
     for k, s in enumerate(servers):
@@ -249,6 +250,13 @@ def main():
             ratios = [o[l]["tok_s_median"] / p[l]["tok_s_median"] if p[l]["tok_s_median"] else float("nan") for l, _ in scenarios]
             rss = o["peak_rss_mib"] / p["peak_rss_mib"] if p["peak_rss_mib"] else float("nan")
             lines.append(f"| {o['server']} | {p['server']} | " + " | ".join(f"{x:.2f}x" for x in ratios) + f" | {rss:.2f} |")
+    # Aggregate tok/s is tokens / wall time of the slowest request: a greedy continuation that ends
+    # at EOS early lowers it. Say where that happened, so ratios are read with it in mind.
+    full = {label: params["clients"] * args.max_tokens for label, params in scenarios}
+    short = [f"{name} / {label}: {n} of {full[label]}" for name, r in results.items() for label, _ in scenarios
+             for n in r[label]["tokens"] if n < full[label]]
+    if short:
+        lines.append("\nRuns with fewer tokens than asked for (EOS before max tokens): " + "; ".join(short))
     for o in ours:
         cold, warm = o["long prompt cold ttft"], o["long prompt warm ttft"]
         if cold and warm:
