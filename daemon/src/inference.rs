@@ -200,7 +200,6 @@ async fn drive<T: Send + 'static>(
             return;
         }
     };
-    let mut accounted = false;
     loop {
         let next = tokio::select! {
             n = stream.next() => n,
@@ -233,7 +232,6 @@ async fn drive<T: Send + 'static>(
                 // Account before the final event leaves: a client that reads its usage right
                 // after its answer must find this request counted.
                 account(&shared, uid, &s).await;
-                accounted = true;
                 let total_ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
                 let final_stats = pb::Stats {
                     total_duration_ns: total_ns,
@@ -245,7 +243,7 @@ async fn drive<T: Send + 'static>(
                     cached_tokens: s.cached_tokens,
                 };
                 let _ = tx.send(Ok(emit(Out::Done { reason: reason.to_string(), stats: final_stats }))).await;
-                break;
+                return;
             }
             Some(EngineEvent::Error(message)) => {
                 let _ = tx.send(Err(Status::invalid_argument(message))).await;
@@ -253,10 +251,8 @@ async fn drive<T: Send + 'static>(
             }
         }
     }
-    if !accounted {
-        // Broken off before the engine's totals: the request still counts.
-        account(&shared, uid, &RequestStats::default()).await;
-    }
+    // Broken off before the engine's totals: the request still counts.
+    account(&shared, uid, &RequestStats::default()).await;
 }
 
 /// Charges one finished (or broken-off) request's tokens to its user: the fair-share queue and
